@@ -1,0 +1,1 @@
+"""Sub-commands of `timm-coded`; each module exposes `register(subparsers)`."""
