@@ -9,3 +9,6 @@ from .errors import (
 )
 
 __version__ = '0.1.0'
+from .layers import CodedBottleneck, EnergyRecorder, coded_blocks, record_energies
+from .coded_resnext import CodedResNeXt, MODEL_ARCHS
+from . import energy
