@@ -34,3 +34,7 @@ class IntegrityError(TimmCodedError):
 
 class DataError(TimmCodedError):
     """An image folder that is missing, empty or unreadable."""
+
+
+class ManifestError(TimmCodedError):
+    """weights_manifest.json (or an artifact record in it) is malformed or names an unknown artifact."""

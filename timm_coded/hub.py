@@ -1,0 +1,841 @@
+"""Export, publish and download timm-coded artifacts (full models and per-class binary classifiers).
+
+Layout on the Hub: one repository per (model, dataset). The full model lives on `main`; the binary
+classifier of class c lives on branch `binary-<c>` of the same repository. timm reads any of them with
+`timm.create_model('hf-hub:ORG/NAME@binary-cat', pretrained=True)`, a branch keeps each classifier's
+history and card apart, and one repo keeps a dataset's artifacts together (one place to find,
+star, or make private). Every artifact is one commit on its own branch, so an interrupted publish never
+leaves a class half-published, and a re-run sends only what the remote does not already hold.
+
+Each exported folder holds exactly: config.json (timm's format, plus our `timm_coded` block with
+kind, class, threshold, metrics and parent), model.safetensors and README.md (the model card).
+`weights_manifest.json` (see `manifest.py`) records where each artifact was published, its commit, and
+the sha256 of every file; downloads are verified against it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, ModelCard, ModelCardData
+from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+
+from .errors import CheckpointMismatchError, IntegrityError, ManifestError, TimmCodedError, UnknownClassError
+from .manifest import (
+    Artifact, ArtifactFile, BinaryInfo, HubLocation, Manifest, PackageLocation, load_manifest, update_manifest,
+)
+
+__all__ = [
+    'CONFIG_NAME', 'WEIGHTS_NAME', 'CARD_NAME', 'ARTIFACT_FILES', 'artifact_branch', 'sha256_file',
+    'git_blob_sha1', 'export_artifact', 'read_export', 'ExportedArtifact', 'RemoteFile', 'RemoteBranch',
+    'RemoteState', 'fetch_remote_state', 'ArtifactCommit', 'PublishPlan', 'plan_publish', 'apply_plan',
+    'publish', 'download_artifact', 'verify_files', 'load_artifact', 'load_binary_classifier',
+]
+
+_logger = logging.getLogger(__name__)
+
+CONFIG_NAME = 'config.json'
+WEIGHTS_NAME = 'model.safetensors'  # timm probes this name first
+CARD_NAME = 'README.md'
+ARTIFACT_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
+META_KEY = 'timm_coded'  # our block inside config.json; timm ignores unknown top-level keys
+META_FORMAT = 1
+MAIN_BRANCH = 'main'
+# files a Hub repo may hold that no artifact owns (create_repo seeds .gitattributes)
+_REPO_HOUSEKEEPING = frozenset({'.gitattributes'})
+_TAG_RE = re.compile(r'^[a-z0-9][a-z0-9_]*$')
+_REPO_ID_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$')
+_CHUNK = 1 << 20
+
+PathLike = Union[str, os.PathLike]
+
+
+# ---------------------------------------------------------------------------------------------- hashing
+
+def sha256_file(path: PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b''):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def git_blob_sha1(path: PathLike) -> str:
+    """The git object id of a file's content: what the Hub reports as `blob_id` for non-LFS files."""
+    size = os.path.getsize(path)
+    h = hashlib.sha1(b'blob %d\0' % size)
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b''):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def artifact_branch(kind: str, class_name: Optional[str] = None) -> str:
+    """Branch of an artifact: `main` for the full model, `binary-<class>` for a binary classifier."""
+    if kind == 'full':
+        return MAIN_BRANCH
+    if kind != 'binary' or not class_name:
+        raise TimmCodedError(f"a binary classifier's branch needs its class name, got kind={kind!r} class={class_name!r}")
+    slug = re.sub(r'[^a-z0-9]+', '-', class_name.lower()).strip('-')
+    if not slug:
+        raise TimmCodedError(f'class name {class_name!r} has no letters or digits to name a branch with')
+    return f'binary-{slug}'
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+_CARD_KEYS = {
+    'repo_id': 'Hub repo the artifact will be published to (ORG/NAME); used in the card and checked by publish',
+    'tag': 'timm pretrained tag, e.g. cifar10 or cifar10_cat',
+    'kind': "'full' or 'binary' (default: 'binary' when class_index is given)",
+    'class_index': 'binary: index of the class in the parent model',
+    'class_name': 'binary: name of the class',
+    'threshold': 'binary: logit threshold (the one maximising F1 on training data)',
+    'metrics': 'name -> number (top1, precision, recall, f1, ...)',
+    'parameter_share': "binary: fraction of the parent's parameters kept (0..1]",
+    'parent': "binary: {'artifact': 'arch.tag', 'repo_id', 'revision', 'commit'} or the parent artifact name",
+    'dataset': 'training dataset name',
+    'split': 'split the metrics were measured on',
+    'epochs': 'training epochs',
+    'training': 'other JSON-serialisable training metadata',
+    'license': 'license id for the card (default apache-2.0)',
+    'description': 'free text for the card',
+    'tags': 'extra Hub tags',
+}
+
+
+def _finite(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TimmCodedError(f'{what} must be a finite number, got {value!r}')
+    return float(value)
+
+
+def _normalise_card(card: Mapping[str, Any]) -> Dict[str, Any]:
+    """Validate the user's card dict and return our `timm_coded` config block."""
+    if not isinstance(card, Mapping):
+        raise TimmCodedError(f'card must be a dict, got {type(card).__name__}')
+    unknown = sorted(set(card) - set(_CARD_KEYS))
+    if unknown:
+        raise TimmCodedError(f'unknown card key(s) {unknown}; known: {sorted(_CARD_KEYS)}')
+    for key in ('repo_id', 'tag'):
+        if not card.get(key):
+            raise TimmCodedError(f"card needs '{key}': {_CARD_KEYS[key]}")
+    if not _REPO_ID_RE.match(str(card['repo_id'])):
+        raise TimmCodedError(f"card repo_id {card['repo_id']!r} is not a Hub repo id 'ORG/NAME'")
+    if not _TAG_RE.match(str(card['tag'])):
+        raise TimmCodedError(f"card tag {card['tag']!r} must match [a-z0-9][a-z0-9_]*")
+    kind = card.get('kind', 'binary' if 'class_index' in card else 'full')
+    if kind not in ('full', 'binary'):
+        raise TimmCodedError(f"card kind must be 'full' or 'binary', got {kind!r}")
+
+    meta: Dict[str, Any] = {'format': META_FORMAT, 'kind': kind, 'tag': card['tag'], 'repo_id': card['repo_id']}
+    if kind == 'binary':
+        missing = [k for k in ('class_index', 'class_name', 'threshold', 'parent') if card.get(k) is None]
+        if missing:
+            raise TimmCodedError(f'a binary classifier card needs {missing}')
+        index = card['class_index']
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise TimmCodedError(f'class_index must be an int >= 0, got {index!r}')
+        meta['binary'] = {
+            'class_index': index, 'class_name': str(card['class_name']),
+            'threshold': _finite(card['threshold'], 'threshold')}
+    else:
+        bad = [k for k in ('class_index', 'class_name', 'threshold') if k in card]
+        if bad:
+            raise TimmCodedError(f'{bad} only apply to binary classifier cards (kind is {kind!r})')
+    meta['revision'] = artifact_branch(kind, meta.get('binary', {}).get('class_name'))
+
+    metrics = dict(card.get('metrics') or {})
+    for k, v in metrics.items():
+        metrics[k] = _finite(v, f'metric {k!r}')
+    if card.get('parameter_share') is not None:
+        share = _finite(card['parameter_share'], 'parameter_share')
+        if not 0 < share <= 1:
+            raise TimmCodedError(f'parameter_share is a fraction in (0, 1], got {share}')
+        metrics['parameter_share'] = share
+    meta['metrics'] = metrics
+
+    training = dict(card.get('training') or {})
+    for key in ('dataset', 'split', 'epochs'):
+        if card.get(key) is not None:
+            training[key] = card[key]
+    try:
+        json.dumps(training, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise TimmCodedError(f'card training metadata is not JSON-serialisable: {e}') from None
+    meta['training'] = training
+
+    parent = card.get('parent')
+    if parent is not None:
+        if isinstance(parent, str):
+            parent = {'artifact': parent}
+        if not isinstance(parent, Mapping) or not parent.get('artifact'):
+            raise TimmCodedError(f"card parent must name the parent artifact ('arch.tag'), got {parent!r}")
+        bad = sorted(set(parent) - {'artifact', 'repo_id', 'revision', 'commit'})
+        if bad:
+            raise TimmCodedError(f'unknown parent key(s) {bad}')
+        meta['parent'] = {
+            'artifact': str(parent['artifact']),
+            'repo_id': parent.get('repo_id') or card['repo_id'],
+            'revision': parent.get('revision') or MAIN_BRANCH,
+            'commit': parent.get('commit'),
+        }
+    meta['license'] = card.get('license') or 'apache-2.0'
+    meta['description'] = card.get('description') or ''
+    meta['tags'] = [str(t) for t in (card.get('tags') or [])]
+    return meta
+
+
+def _check_rebuilds(model, architecture: str, model_args: Mapping[str, Any]) -> None:
+    """The config must rebuild this exact network: build it on the meta device and compare shapes."""
+    import timm
+    import torch
+
+    if not timm.is_model(architecture):
+        raise TimmCodedError(f'architecture {architecture!r} is not registered with timm; import its module first')
+    try:
+        with torch.device('meta'):
+            rebuilt = timm.create_model(architecture, pretrained=False, **dict(model_args))
+    except TypeError as e:
+        raise CheckpointMismatchError(f'{architecture} does not accept model_args {dict(model_args)}: {e}') from None
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()}
+    if want != got:
+        missing = sorted(set(want) - set(got))[:3]
+        unexpected = sorted(set(got) - set(want))[:3]
+        shapes = [f'{k}: {want[k]} vs {got[k]}' for k in sorted(set(want) & set(got)) if want[k] != got[k]][:3]
+        raise CheckpointMismatchError(
+            f'{architecture}(**{dict(model_args)}) does not rebuild this model: missing {missing}, '
+            f'unexpected {unexpected}, shape differences {shapes}')
+
+
+def _card_text(architecture: str, meta: Mapping[str, Any], num_params: int) -> ModelCard:
+    name = f"{architecture}.{meta['tag']}"
+    repo_id, revision = meta['repo_id'], meta['revision']
+    metrics = meta['metrics']
+    training = meta['training']
+    dataset = training.get('dataset')
+    kind = meta['kind']
+
+    tags = ['image-classification', 'timm', 'timm-coded', 'coded-resnext']
+    tags += ['binary-classifier'] if kind == 'binary' else []
+    tags += [t for t in meta['tags'] if t not in tags]
+    eval_results = None
+    if dataset and metrics:
+        from huggingface_hub import EvalResult
+        eval_results = [
+            EvalResult(
+                task_type='image-classification', dataset_type=str(dataset), dataset_name=str(dataset),
+                dataset_split=training.get('split'), metric_type=k, metric_value=v)
+            for k, v in metrics.items() if k != 'parameter_share']
+    data = ModelCardData(
+        library_name='timm', license=meta['license'], tags=tags, pipeline_tag='image-classification',
+        datasets=[str(dataset)] if dataset else None, metrics=[k for k in metrics if k != 'parameter_share'] or None,
+        model_name=name, eval_results=eval_results or None)
+
+    lines = [f'# {name}', '']
+    if meta['description']:
+        lines += [meta['description'], '']
+    if kind == 'binary':
+        b, parent = meta['binary'], meta['parent']
+        parent_ref = f"`{parent['repo_id']}` at revision `{parent['revision']}`"
+        if parent.get('commit'):
+            parent_ref += f" (commit `{parent['commit']}`)"
+        lines += [
+            f"Binary classifier for class **{b['class_name']}** (index {b['class_index']}), sliced without "
+            f"retraining from the Coded ResNeXt `{parent['artifact']}`: {parent_ref}. It keeps, in every coded "
+            'block, only the subNNs whose codeword digit for this class is 1, and one row of the classifier.',
+            '',
+            f"Decision: the sample is **{b['class_name']}** when the output logit is at least "
+            f"**{b['threshold']:.6g}** (the threshold that maximised F1 on the training data).",
+            '',
+        ]
+    else:
+        lines += [
+            'Coded ResNeXt (Avranas & Kountouris, arXiv 2202.05343): a ResNeXt whose coded blocks route each '
+            "class through its own subset of subNNs, so that per-class binary classifiers can be sliced "
+            f'from it and intermediate blocks can predict early. Binary classifiers, when published, live on '
+            f"the `binary-<class>` branches of `{repo_id}`.",
+            '',
+        ]
+    facts = [('parameters', f'{num_params:,}')]
+    if 'parameter_share' in metrics:
+        facts.append(('share of the parent\'s parameters', f"{100 * metrics['parameter_share']:.1f} %"))
+    facts += [(k, f'{v:.4g}') for k, v in metrics.items() if k != 'parameter_share']
+    facts += [(k, str(v)) for k, v in training.items()]
+    lines += ['| | |', '|---|---|'] + [f'| {k} | {v} |' for k, v in facts] + ['']
+    lines += [
+        '## Use', '', '```python',
+        'import timm, timm_coded  # timm_coded registers the coded architectures',
+        f"model = timm.create_model('hf-hub:{repo_id}@{revision}', pretrained=True).eval()",
+        '```', '']
+    content = f'---\n{data.to_yaml()}\n---\n\n' + '\n'.join(lines)
+    return ModelCard(content)
+
+
+def export_artifact(
+        model,
+        out_dir: PathLike,
+        *,
+        architecture: str,
+        model_args: Mapping[str, Any],
+        label_names: Sequence[str],
+        card: Mapping[str, Any],
+        overwrite: bool = False,
+) -> Path:
+    """Write a Hub-ready folder (config.json, model.safetensors, README.md) for `model`.
+
+    Args:
+        model: the network (a full coded model, or a sliced binary classifier).
+        out_dir: the folder to create; written in a temp folder beside it and renamed into place.
+        architecture: the registered timm architecture that rebuilds it from `model_args` alone.
+        model_args: JSON-serialisable constructor arguments (class index, active subNNs ... for binaries).
+        label_names: one name per model output.
+        card: metadata, see `_CARD_KEYS` (repo_id and tag always; class/threshold/parent for binaries).
+        overwrite: replace an existing `out_dir`.
+    Returns:
+        `out_dir`.
+    """
+    from timm.models import get_pretrained_cfg, save_for_hf
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f'{out_dir} already exists (pass overwrite=True to replace it)')
+    meta = _normalise_card(card)
+    model_args = dict(model_args)
+    try:
+        json.dumps(model_args, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise TimmCodedError(f'model_args must be JSON-serialisable: {e}') from None
+    label_names = [str(n) for n in label_names]
+    num_classes = getattr(model, 'num_classes', None)
+    if len(label_names) != num_classes:
+        raise TimmCodedError(f'{len(label_names)} label names for a model with {num_classes} outputs')
+    if meta['kind'] == 'binary' and label_names != [meta['binary']['class_name']]:
+        raise TimmCodedError(
+            f"a binary classifier has one output named after its class {meta['binary']['class_name']!r}, "
+            f'got label_names {label_names}')
+    _check_rebuilds(model, architecture, model_args)
+    if getattr(model, 'pretrained_cfg', None) is None:
+        # a model assembled outside timm.create_model: take its architecture's default cfg
+        model.pretrained_cfg = get_pretrained_cfg(architecture).to_dict()
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{out_dir.name}.', suffix='.tmp', dir=out_dir.parent))
+    try:
+        model_config = {
+            'pretrained_cfg': {'architecture': architecture, 'tag': meta['tag'], 'license': meta['license']},
+            'label_names': label_names,
+            META_KEY: meta,
+        }
+        if meta['description']:
+            model_config['pretrained_cfg']['description'] = meta['description']
+        save_for_hf(model, tmp, model_config=model_config, model_args=model_args, safe_serialization=True)
+        num_params = sum(p.numel() for p in model.parameters())
+        _card_text(architecture, meta, num_params).save(tmp / CARD_NAME)
+        written = sorted(p.name for p in tmp.iterdir())
+        if written != sorted(ARTIFACT_FILES):
+            raise RuntimeError(f'export wrote {written}, expected {sorted(ARTIFACT_FILES)}')
+        os.chmod(tmp, 0o755)
+        if out_dir.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f'.{out_dir.name}.', suffix='.old', dir=out_dir.parent))
+            os.replace(out_dir, trash / 'old')
+            os.replace(tmp, out_dir)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    path: str
+    local_path: Path
+    size: int
+    sha256: str
+    blob_id: str  # git sha1, to compare with non-LFS files on the Hub
+
+    @classmethod
+    def of(cls, folder: Path, name: str) -> 'LocalFile':
+        p = folder / name
+        return cls(name, p, p.stat().st_size, sha256_file(p), git_blob_sha1(p))
+
+    def record(self) -> ArtifactFile:
+        return ArtifactFile(self.path, self.sha256, self.size)
+
+
+@dataclass(frozen=True)
+class ExportedArtifact:
+    """An exported folder, read back: its config, our metadata block, and its files with hashes."""
+    folder: Path
+    config: Dict[str, Any]
+    meta: Dict[str, Any]
+    files: Tuple[LocalFile, ...]
+
+    @property
+    def architecture(self) -> str:
+        return self.config['architecture']
+
+    @property
+    def name(self) -> str:
+        return f"{self.architecture}.{self.meta['tag']}"
+
+    @property
+    def kind(self) -> str:
+        return self.meta['kind']
+
+    @property
+    def branch(self) -> str:
+        return self.meta['revision']
+
+    def to_artifact(self, repo_id: str, commit: Optional[str]) -> Artifact:
+        """The manifest record of this artifact once published to `repo_id` at `commit`."""
+        pretrained_cfg = {
+            k: v for k, v in self.config.get('pretrained_cfg', {}).items()
+            if k not in ('url', 'file', 'state_dict', 'hf_hub_id', 'hf_hub_filename', 'source', 'architecture', 'tag')}
+        pretrained_cfg['num_classes'] = self.config['num_classes']
+        if self.config.get('label_names'):
+            pretrained_cfg['label_names'] = list(self.config['label_names'])
+        binary = BinaryInfo(**self.meta['binary']) if self.kind == 'binary' else None
+        parent = self.meta.get('parent', {}).get('artifact') if self.meta.get('parent') else None
+        return Artifact(
+            architecture=self.architecture, tag=self.meta['tag'], kind=self.kind,
+            location=HubLocation(repo_id, self.branch, commit),
+            files=tuple(f.record() for f in self.files), pretrained_cfg=pretrained_cfg, binary=binary,
+            metrics=dict(self.meta.get('metrics', {})), training=dict(self.meta.get('training', {})), parent=parent)
+
+
+def read_export(folder: PathLike) -> ExportedArtifact:
+    """Read and check a folder written by `export_artifact`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f'{folder} is not an exported artifact folder')
+    names = sorted(p.name for p in folder.iterdir() if not p.name.startswith('.'))
+    if names != sorted(ARTIFACT_FILES):
+        raise TimmCodedError(f'{folder} holds {names}; an exported artifact holds exactly {sorted(ARTIFACT_FILES)}')
+    try:
+        config = json.loads((folder / CONFIG_NAME).read_text(encoding='utf-8'))
+    except json.JSONDecodeError as e:
+        raise TimmCodedError(f'{folder / CONFIG_NAME}: not valid JSON: {e}') from None
+    meta = config.get(META_KEY)
+    if not isinstance(meta, dict) or meta.get('format') != META_FORMAT:
+        raise TimmCodedError(f'{folder / CONFIG_NAME} has no timm_coded block; was it written by export_artifact?')
+    files = tuple(LocalFile.of(folder, n) for n in ARTIFACT_FILES)
+    return ExportedArtifact(folder, config, meta, files)
+
+
+# ---------------------------------------------------------------------------------------------- publish
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A file as the Hub reports it: `sha256` for LFS files, `blob_id` (git sha1) for all."""
+    path: str
+    size: int
+    blob_id: str
+    sha256: Optional[str] = None
+
+    def same_content(self, local: LocalFile) -> bool:
+        if self.sha256 is not None:
+            return self.sha256 == local.sha256 and self.size == local.size
+        return self.blob_id == local.blob_id
+
+    @classmethod
+    def planned(cls, local: LocalFile) -> 'RemoteFile':
+        return cls(local.path, local.size, local.blob_id, local.sha256)
+
+
+@dataclass(frozen=True)
+class RemoteBranch:
+    name: str
+    commit: str
+    files: Mapping[str, RemoteFile]
+
+
+@dataclass(frozen=True)
+class RemoteState:
+    """What a Hub repo holds now: its branches, their head commits and files. `exists=False`: no repo."""
+    repo_id: str
+    exists: bool = False
+    branches: Mapping[str, RemoteBranch] = field(default_factory=dict)
+
+
+def fetch_remote_state(repo_id: str, api: Optional[HfApi] = None, token: Optional[str] = None) -> RemoteState:
+    """Read the repo's branches and file hashes (read-only requests)."""
+    api = api or HfApi()
+    try:
+        refs = api.list_repo_refs(repo_id, token=token)
+    except (RepositoryNotFoundError, EntryNotFoundError):
+        return RemoteState(repo_id, exists=False)
+    branches = {}
+    for ref in refs.branches:
+        files = {}
+        for entry in api.list_repo_tree(repo_id, revision=ref.target_commit, recursive=True, token=token):
+            if not hasattr(entry, 'blob_id'):
+                continue  # a folder
+            sha256 = entry.lfs.sha256 if entry.lfs is not None else None
+            files[entry.path] = RemoteFile(entry.path, entry.size, entry.blob_id, sha256)
+        branches[ref.name] = RemoteBranch(ref.name, ref.target_commit, files)
+    return RemoteState(repo_id, exists=True, branches=branches)
+
+
+@dataclass
+class ArtifactCommit:
+    """One artifact's commit: what would be sent to its branch, and from which state."""
+    export: ExportedArtifact
+    branch: str
+    create_branch: bool  # the branch does not exist yet: create it from `main`'s head first
+    parent_commit: Optional[str]  # head the commit must land on (None: a branch created by this plan)
+    operations: List[Union[CommitOperationAdd, CommitOperationDelete]]
+    commit_message: str
+    commit_description: str
+
+    @property
+    def up_to_date(self) -> bool:
+        return not self.create_branch and not self.operations
+
+    def describe(self) -> List[str]:
+        if self.create_branch:
+            head = 'new branch from main'
+        elif self.parent_commit is None:
+            head = 'made by create_repo'
+        else:
+            head = f'head {self.parent_commit}'
+        lines = [f'{self.export.name} ({self.export.kind}) -> branch {self.branch} ({head})']
+        if self.up_to_date:
+            lines.append('  up to date: nothing to send')
+            return lines
+        if self.create_branch:
+            lines.append(f'  create_branch(branch={self.branch!r}, revision={MAIN_BRANCH!r})')
+        lines.append(
+            f'  create_commit(revision={self.branch!r}, parent_commit={self.parent_commit!r}, '
+            f'commit_message={self.commit_message!r})')
+        for op in self.operations:
+            if isinstance(op, CommitOperationAdd):
+                lines.append(
+                    f'    CommitOperationAdd(path_in_repo={op.path_in_repo!r}, size={op.upload_info.size}, '
+                    f'sha256={op.upload_info.sha256.hex()}, from={str(op.path_or_fileobj)!r})')
+            else:
+                lines.append(f'    CommitOperationDelete(path_in_repo={op.path_in_repo!r})')
+        return lines
+
+
+@dataclass
+class PublishPlan:
+    repo_id: str
+    create_repo: bool
+    private: bool
+    commits: List[ArtifactCommit]
+
+    @property
+    def up_to_date(self) -> bool:
+        return not self.create_repo and all(c.up_to_date for c in self.commits)
+
+    def describe(self) -> str:
+        lines = [f'repo {self.repo_id}: ' + (
+            f'create_repo(private={self.private})' if self.create_repo else 'exists')]
+        for i, c in enumerate(self.commits, 1):
+            sub = c.describe()
+            lines.append(f'[{i}/{len(self.commits)}] {sub[0]}')
+            lines += sub[1:]
+        return '\n'.join(lines)
+
+
+def _commit_text(export: ExportedArtifact) -> Tuple[str, str]:
+    if export.kind == 'binary':
+        b = export.meta['binary']
+        message = f"Publish {export.name}: binary classifier for class {b['class_name']} (index {b['class_index']})"
+    else:
+        message = f'Publish {export.name}: full model'
+    description = '\n'.join(f'{f.path} sha256={f.sha256} size={f.size}' for f in export.files)
+    return message, description
+
+
+def _add_operation(local: LocalFile) -> CommitOperationAdd:
+    op = CommitOperationAdd(path_in_repo=local.path, path_or_fileobj=str(local.local_path))
+    op.upload_info.sha256 = bytes.fromhex(local.sha256)  # hashed once already; the Hub re-checks on upload
+    return op
+
+
+def plan_publish(
+        folders: Iterable[PathLike],
+        repo_id: str,
+        remote: Optional[RemoteState] = None,
+        *,
+        private: bool = False,
+        manifest: Optional[Manifest] = None,
+) -> PublishPlan:
+    """The exact commits that publishing `folders` to `repo_id` would make, given the remote's state.
+
+    No network: `remote` comes from `fetch_remote_state` (None: the repo does not exist yet). Files the
+    branch already holds with the same content are not sent; files the branch holds that the artifact
+    does not have are deleted, so each branch holds exactly its artifact. The full model (on `main`)
+    comes first, since binary branches are created from `main`.
+    """
+    if not _REPO_ID_RE.match(repo_id):
+        raise TimmCodedError(f"repo id {repo_id!r} is not 'ORG/NAME'")
+    remote = remote or RemoteState(repo_id, exists=False)
+    exports = [read_export(f) for f in folders]
+    if not exports:
+        raise TimmCodedError('nothing to publish: no artifact folders given')
+    for e in exports:
+        if e.meta['repo_id'] != repo_id:
+            raise TimmCodedError(
+                f"{e.folder} was exported for {e.meta['repo_id']}, not {repo_id} (its card and load snippet "
+                'name that repo); export it again with the right repo_id')
+    by_branch: Dict[str, ExportedArtifact] = {}
+    for e in exports:
+        if e.branch in by_branch:
+            raise TimmCodedError(f'{by_branch[e.branch].folder} and {e.folder} would both publish to branch {e.branch}')
+        by_branch[e.branch] = e
+    names = {e.name for e in exports}
+    known = set(manifest.names) if manifest is not None else set()
+    for e in exports:
+        parent = (e.meta.get('parent') or {}).get('artifact')
+        if parent and parent not in names and parent not in known:
+            raise TimmCodedError(
+                f'{e.name} names parent {parent!r}, which is neither in the weights manifest nor being published')
+    exports.sort(key=lambda e: (e.branch != MAIN_BRANCH, e.branch))
+
+    # state of main once this plan's own main commit (if any) has landed: new branches start from it
+    main_files: Dict[str, RemoteFile] = dict(remote.branches[MAIN_BRANCH].files) if MAIN_BRANCH in remote.branches else {}
+    if MAIN_BRANCH in by_branch:
+        main_files = {p: f for p, f in main_files.items() if p in _REPO_HOUSEKEEPING}
+        main_files.update({f.path: RemoteFile.planned(f) for f in by_branch[MAIN_BRANCH].files})
+
+    commits = []
+    for e in exports:
+        existing = remote.branches.get(e.branch)
+        if existing is not None:
+            base_files = existing.files
+        else:  # main in a new repo starts empty (but for .gitattributes); a new branch starts as main
+            base_files = {} if e.branch == MAIN_BRANCH else main_files
+        local = {f.path: f for f in e.files}
+        operations: List[Union[CommitOperationAdd, CommitOperationDelete]] = [
+            _add_operation(f) for f in e.files if not (f.path in base_files and base_files[f.path].same_content(f))]
+        operations += [
+            CommitOperationDelete(path_in_repo=p) for p in sorted(base_files)
+            if p not in local and p not in _REPO_HOUSEKEEPING]
+        message, description = _commit_text(e)
+        commits.append(ArtifactCommit(
+            export=e, branch=e.branch, create_branch=existing is None and e.branch != MAIN_BRANCH,
+            parent_commit=existing.commit if existing is not None else None,
+            operations=operations, commit_message=message, commit_description=description))
+    return PublishPlan(repo_id, create_repo=not remote.exists, private=private, commits=commits)
+
+
+def apply_plan(
+        plan: PublishPlan,
+        api: Optional[HfApi] = None,
+        *,
+        manifest_path: Optional[PathLike] = None,
+        token: Optional[str] = None,
+        remote: Optional[RemoteState] = None,
+) -> List[Artifact]:
+    """Make the plan's commits (one per artifact) and record each artifact in the manifest as it lands.
+
+    The manifest is saved after every artifact, so an interrupted run leaves it describing exactly what
+    is published; running `publish` again resumes (what landed is up to date and is not sent again).
+    """
+    api = api or HfApi()
+    if plan.create_repo:
+        api.create_repo(plan.repo_id, private=plan.private, exist_ok=True, token=token)
+    recorded = []
+    for c in plan.commits:
+        if c.up_to_date:
+            commit = c.parent_commit
+        else:
+            if c.create_branch:
+                api.create_branch(plan.repo_id, branch=c.branch, revision=MAIN_BRANCH, exist_ok=True, token=token)
+            info = api.create_commit(
+                plan.repo_id, operations=c.operations, commit_message=c.commit_message,
+                commit_description=c.commit_description, revision=c.branch, parent_commit=c.parent_commit,
+                token=token)
+            commit = info.oid
+            _logger.info('published %s to %s@%s (%s)', c.export.name, plan.repo_id, c.branch, commit)
+        artifact = c.export.to_artifact(plan.repo_id, commit)
+        update_manifest([artifact], manifest_path)
+        recorded.append(artifact)
+    return recorded
+
+
+@dataclass
+class PublishResult:
+    plan: PublishPlan
+    artifacts: List[Artifact]  # recorded in the manifest (empty for a dry run)
+
+
+def publish(
+        folders: Iterable[PathLike],
+        repo_id: str,
+        *,
+        api: Optional[HfApi] = None,
+        private: bool = False,
+        dry_run: bool = False,
+        manifest_path: Optional[PathLike] = None,
+        token: Optional[str] = None,
+) -> PublishResult:
+    """Publish exported folders to `repo_id` (full model on main, binaries on binary-<class>).
+
+    Reads the remote state, plans (`plan_publish`), and unless `dry_run` applies the plan and records
+    every artifact (repo, branch, commit, sha256 of each file, metrics) in the weights manifest.
+    """
+    api = api or HfApi()
+    folders = list(folders)
+    manifest_file = Path(manifest_path) if manifest_path is not None else None
+    manifest = load_manifest(manifest_file) if manifest_file is None or manifest_file.exists() else Manifest()
+    remote = fetch_remote_state(repo_id, api, token=token)
+    plan = plan_publish(folders, repo_id, remote, private=private, manifest=manifest)
+    if dry_run:
+        return PublishResult(plan, [])
+    return PublishResult(plan, apply_plan(plan, api, manifest_path=manifest_path, token=token))
+
+
+# ---------------------------------------------------------------------------------------------- download
+
+def _remove_cached(path: Path) -> None:
+    """Drop a file from the HF cache: the snapshot symlink and the blob it points to."""
+    if path.is_symlink():
+        target = path.resolve()
+        path.unlink(missing_ok=True)
+        if target.exists():
+            target.unlink()
+    elif path.exists():
+        path.unlink()
+
+
+def verify_files(folder: Path, artifact: Artifact, *, remove_bad: bool) -> None:
+    """Check every file of `artifact` in `folder` against the manifest's size and sha256."""
+    for f in artifact.files:
+        p = folder / f.path
+        if not p.is_file():
+            raise IntegrityError(f'{artifact.name}: {f.path} is missing from {folder}')
+        size = p.stat().st_size
+        digest = sha256_file(p) if size == f.size else None
+        if digest != f.sha256:
+            got = f'sha256 {digest}' if digest else f'{size} bytes'
+            want = f'sha256 {f.sha256}' if digest else f'{f.size} bytes'
+            note = ''
+            if remove_bad:
+                _remove_cached(p)
+                note = '; the file was removed from the cache'
+            raise IntegrityError(
+                f'{artifact.name}: {f.path} has {got}, the weights manifest says {want}: refusing it{note}')
+
+
+def _resolve_artifact(artifact: Union[Artifact, str], manifest: Optional[Manifest]) -> Artifact:
+    if isinstance(artifact, Artifact):
+        return artifact
+    return (manifest if manifest is not None else load_manifest()).get(artifact)
+
+
+def download_artifact(
+        artifact: Union[Artifact, str],
+        *,
+        manifest: Optional[Manifest] = None,
+        cache_dir: Optional[PathLike] = None,
+        token: Optional[str] = None,
+) -> Path:
+    """Fetch an artifact's files at its pinned revision and verify each against the manifest.
+
+    Hub artifacts go through `snapshot_download` (the HF cache; works offline with HF_HUB_OFFLINE=1
+    once downloaded); package artifacts are verified in place. Returns the folder holding the files.
+    A file whose sha256 differs raises IntegrityError and is removed from the HF cache.
+    """
+    from huggingface_hub import snapshot_download
+
+    artifact = _resolve_artifact(artifact, manifest)
+    location = artifact.location
+    if isinstance(location, PackageLocation):
+        folder = location.resolve()
+        verify_files(folder, artifact, remove_bad=False)
+        return folder
+    folder = Path(snapshot_download(
+        location.repo_id, revision=location.pinned_revision, allow_patterns=[f.path for f in artifact.files],
+        cache_dir=cache_dir, token=token))
+    verify_files(folder, artifact, remove_bad=True)
+    return folder
+
+
+def load_artifact(
+        artifact: Union[Artifact, str],
+        *,
+        manifest: Optional[Manifest] = None,
+        cache_dir: Optional[PathLike] = None,
+        **kwargs,
+):
+    """Download, verify, and build a model from the verified files (never from an unverified re-download)."""
+    import timm
+
+    artifact = _resolve_artifact(artifact, manifest)
+    folder = download_artifact(artifact, cache_dir=cache_dir)
+    if artifact.file(CONFIG_NAME) is not None:
+        model = timm.create_model(f'local-dir:{folder}', pretrained=True, **kwargs)
+    else:
+        weights = folder / artifact.weights_file.path
+        model = timm.create_model(
+            artifact.architecture, pretrained=True, pretrained_cfg=artifact.tag,
+            pretrained_cfg_overlay={'file': str(weights)}, **kwargs)
+    if isinstance(artifact.location, HubLocation):
+        model.pretrained_cfg = dict(model.pretrained_cfg, hf_hub_id=artifact.location.hf_hub_id, tag=artifact.tag)
+    if artifact.binary is not None:
+        for key, value in artifact.binary.to_dict().items():
+            if not hasattr(model, key):
+                setattr(model, key, value)
+    return model
+
+
+def _binary_candidates(model_name: str, manifest: Manifest) -> List[Artifact]:
+    binaries = manifest.find(kind='binary')
+    if '.' in model_name:
+        return [a for a in binaries if a.parent == model_name]
+    matches = [a for a in binaries if a.parent is not None and a.parent.split('.', 1)[0] == model_name]
+    parents = sorted({a.parent for a in matches})
+    if len(parents) > 1:
+        raise ManifestError(f'{model_name} has binary classifiers from several checkpoints {parents}; name one')
+    return matches
+
+
+def load_binary_classifier(
+        model_name: str,
+        class_name_or_index: Union[str, int],
+        manifest: Optional[Manifest] = None,
+        *,
+        cache_dir: Optional[PathLike] = None,
+        **kwargs,
+):
+    """The published binary classifier of one class of `model_name` ('arch' or 'arch.tag').
+
+    Downloads and verifies it, builds it with timm, and attaches `threshold`, `class_index` and
+    `class_name` (unless the model defines them itself). Unknown class -> UnknownClassError listing
+    the classes that have one.
+    """
+    manifest = load_manifest() if manifest is None else manifest
+    candidates = _binary_candidates(model_name, manifest)
+    if not candidates:
+        parents = sorted({a.parent for a in manifest.find(kind='binary') if a.parent})
+        raise ManifestError(
+            f'no binary classifiers are published for {model_name!r}; models that have some: {parents or "none"}')
+    key = class_name_or_index
+    if isinstance(key, str) and key.isdigit():
+        key = int(key)
+    if isinstance(key, int) and not isinstance(key, bool):
+        found = [a for a in candidates if a.binary.class_index == key]
+    else:
+        found = [a for a in candidates if a.binary.class_name == key]
+    if not found:
+        available = ', '.join(
+            f'{a.binary.class_index} {a.binary.class_name}' for a in sorted(candidates, key=lambda a: a.binary.class_index))
+        raise UnknownClassError(f'{model_name} has no binary classifier for class {class_name_or_index!r}; available: {available}')
+    return load_artifact(found[0], cache_dir=cache_dir, **kwargs)
