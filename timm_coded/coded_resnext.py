@@ -9,7 +9,6 @@ coding loss (`timm_coded.training`) and early decoding (`timm_coded.decoding`).
 `coded=False` gives the paper's control baseline: the same network with every block uncoded,
 which is exactly a timm ResNeXt of that shape.
 """
-from __future__ import annotations
 
 import logging
 import math
@@ -91,7 +90,7 @@ def resolve_stage_scheme(
             scheme = builtin_scheme(name)
         else:
             from .codes import generate_scheme  # only needed off the paper's settings
-            scheme = generate_scheme(num_classes, num_subnns, num_active, seed=0, deterministic=True)
+            scheme = generate_scheme(num_classes, num_subnns, num_active, seed=0, time_budget=10.)
             _logger.warning(
                 'No built-in coding scheme for K=%d, N=%d, N_act=%d: generated one (%s). Pass schemes=... '
                 'to choose your own.', num_classes, num_subnns, num_active, scheme.summary())
@@ -184,6 +183,7 @@ class CodedResNeXt(nn.Module):
         norm_layer = get_norm_layer(norm_layer)
 
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
         self.coded = coded
@@ -194,7 +194,7 @@ class CodedResNeXt(nn.Module):
         self.drop_subnn_rate = float(drop_subnn_rate)
 
         # Resolve each stage's scheme first: a user scheme fixes that stage's N_act.
-        self.schemes: List[Optional[CodingScheme]] = []
+        self.schemes = []  # per stage: CodingScheme, or None when uncoded
         for i in range(num_stages):
             if not coded:
                 num_active = num_active[:i] + (num_subnns[i],) + num_active[i + 1:]
@@ -229,7 +229,7 @@ class CodedResNeXt(nn.Module):
         in_chs = stem_width
         reduction = stem_reduction
         previous_scheme: Optional[CodingScheme] = None
-        self.stage_names: List[str] = []
+        self.stage_names = []
         for i, depth in enumerate(layers):
             stride = 1 if i == 0 else 2
             reduction *= stride
@@ -275,7 +275,7 @@ class CodedResNeXt(nn.Module):
         # head
         self.num_features = self.head_hidden_size = stage_channels[-1]
         self.head_bias = head_bias
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.fc = self._make_fc(num_classes, **dd)
 
         self.init_weights(zero_init_last=zero_init_last)
@@ -316,7 +316,7 @@ class CodedResNeXt(nn.Module):
         generated) unless the current scheme already has K codewords."""
         param = next(self.parameters())
         if global_pool is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.num_classes = num_classes
         self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
         self.fc = self._make_fc(num_classes, device=param.device, dtype=param.dtype)

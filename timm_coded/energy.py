@@ -9,7 +9,6 @@ codeword digit (r = N_act / N).
 Everything here is computed in float32, also under autocast: energies are small sums of
 squares and the loss raises differences to the 4th power.
 """
-from __future__ import annotations
 
 from typing import List, Optional, Tuple
 
@@ -39,15 +38,12 @@ def subnn_energies(h: torch.Tensor, conv_weight: torch.Tensor, num_subnns: int) 
     Returns:
         (B, N) float32 energies, clamped at 0 (round-off can make a tiny one negative).
     """
-    batch, channels, height, width = h.shape
-    out_channels = conv_weight.shape[0]
-    d = channels // num_subnns
-    pixels = height * width
-    h32 = h.float().reshape(batch * num_subnns, d, pixels)
-    second_moment = torch.bmm(h32, h32.transpose(1, 2)).view(batch, num_subnns, d, d)
-    w = conv_weight.float().reshape(out_channels, num_subnns, d)
+    # shapes via unflatten(-1) so that fx tracing (symbolic shapes) and TorchScript both work
+    h32 = h.float().unflatten(1, (num_subnns, -1)).flatten(3)  # (B, N, d, P)
+    second_moment = torch.matmul(h32, h32.transpose(-1, -2))  # (B, N, d, d)
+    w = conv_weight.float().flatten(1).unflatten(1, (num_subnns, -1))  # (C, N, d)
     gram = torch.einsum('cni,cnj->nij', w, w)
-    energies = (second_moment * gram.unsqueeze(0)).sum(dim=(-1, -2)) / float(out_channels * pixels)
+    energies = (second_moment * gram.unsqueeze(0)).sum(dim=(-1, -2)) / (w.shape[0] * h32.shape[-1])
     return energies.clamp_min(0.)
 
 

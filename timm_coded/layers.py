@@ -3,7 +3,6 @@
 Parameter names follow timm's `Bottleneck` (conv1/bn1/conv2/bn2/conv3/bn3/downsample), so a
 timm ResNeXt state_dict loads into a coded model of the same shape.
 """
-from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Type
 
 import torch
 import torch.nn as nn
+from timm.layers import register_notrace_function
 from timm.models._manipulate import checkpoint
 
 from .energy import NORM_EPS, subnn_energies
@@ -30,6 +30,7 @@ class EnergyTap(nn.Identity):
     """
 
 
+@register_notrace_function  # random draw of data-dependent size: a single node in fx graphs
 def draw_subnn_mask(batch_size: int, num_subnns: int, drop_rate: float, device: torch.device) -> torch.Tensor:
     """dropSubNNs: per sample, each subNN kept with probability 1 - p and scaled by 1 / (1 - p)."""
     keep = torch.rand(batch_size, num_subnns, device=device) >= drop_rate
@@ -140,7 +141,7 @@ class CodedBottleneck(nn.Module):
             scale = torch.rsqrt(energies.sum(dim=1) / self.num_subnns + self.norm_eps)
             multiplier = scale.unsqueeze(1) * self.subnn_gate.float().unsqueeze(0)
             if self.training and self.drop_subnn_rate > 0.:
-                if mask is None or self.new_mask or mask.shape[1] != self.num_present:
+                if mask is None or self.new_mask:  # new_mask is set wherever the scheme (so N) changes
                     mask = draw_subnn_mask(h.shape[0], self.num_present, self.drop_subnn_rate, h.device)
                 multiplier = multiplier * mask
             channel_multiplier = multiplier.repeat_interleave(self.subnn_width, dim=1).to(h.dtype)

@@ -1,0 +1,177 @@
+"""The fast coded block equals a naive per-subNN implementation written here from the paper.
+
+The naive version materialises every subNN output t_n = W_n h_n (as the authors' code does),
+measures E_n = mean(t_n^2), normalises by sqrt(mean_n E_n), drops, sums, then BN + skip + ReLU.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from timm_coded.energy import coding_loss, decoding_scores, normalized_energies, target_codewords
+from timm_coded.layers import CodedBottleneck, EnergyRecorder, draw_subnn_mask
+
+
+def _randomize_bn(module: torch.nn.Module, generator: torch.Generator) -> None:
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data = torch.rand(m.weight.shape, generator=generator) + 0.5
+            m.bias.data = torch.randn(m.bias.shape, generator=generator) * 0.1
+            m.running_mean = torch.randn(m.running_mean.shape, generator=generator) * 0.1
+            m.running_var = torch.rand(m.running_var.shape, generator=generator) + 0.5
+
+
+def make_block(num_subnns=6, width=5, active=2, in_chs=12, out_chs=16, stride=2, present=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    downsample = torch.nn.Sequential(
+        torch.nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False), torch.nn.BatchNorm2d(out_chs))
+    num_classes = 5
+    words = torch.zeros(num_classes, num_subnns)
+    for k in range(num_classes):
+        words[k, [(k + j) % num_subnns for j in range(active)]] = 1
+    block = CodedBottleneck(
+        in_chs, out_chs, num_subnns=num_subnns, subnn_width=width, num_active=active, stride=stride,
+        downsample=downsample, present_subnns=present, codewords=words, drop_subnn_rate=0.25)
+    _randomize_bn(block, g)
+    for p in block.parameters():
+        if p.dim() == 4:
+            p.data = torch.randn(p.shape, generator=g) * 0.3
+    return block
+
+
+def naive_forward(block: CodedBottleneck, x: torch.Tensor, mask=None):
+    """Reference: every subNN output materialised, as written in the paper."""
+    h = block.act2(block.bn2(block.conv2(block.act1(block.bn1(block.conv1(x))))))
+    d, n_present = block.subnn_width, block.num_present
+    w = block.conv3.weight
+    outputs = [F.conv2d(h[:, i * d:(i + 1) * d], w[:, i * d:(i + 1) * d]) for i in range(n_present)]
+    outputs = [t * g for t, g in zip(outputs, block.subnn_gate)]
+    energies = torch.stack([t.pow(2).mean(dim=(1, 2, 3)) for t in outputs], dim=1)
+    scale = torch.sqrt(energies.sum(1) / block.num_subnns)  # the original N, also when sliced
+    total = 0
+    for i, t in enumerate(outputs):
+        t = t / scale[:, None, None, None]
+        if mask is not None:
+            t = t * mask[:, i, None, None, None]
+        total = total + t
+    out = block.bn3(total) + block.downsample(x)
+    return F.relu(out), energies
+
+
+def naive_coding_loss(energies, words, active, n, power=4.):
+    e_bar = energies / energies.mean(1, keepdim=True)
+    return ((active / n * e_bar - words).abs() ** power).mean()
+
+
+@pytest.mark.parametrize('train', [False, True])
+def test_fast_block_equals_naive_reference(train):
+    torch.manual_seed(0)
+    block = make_block().double()
+    block.train(train)
+    x = torch.randn(4, 12, 9, 9, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 3, 1, 4])
+    mask = draw_subnn_mask(4, 6, 0.25, x.device).double() if train else None
+    if train:
+        assert (mask == 0).any(), 'the test must drop something'
+        block.new_mask = False  # use the mask given, to compare with the naive version
+
+    def run(fn):
+        if train:  # identical BN batch statistics on both sides need identical running-stat state
+            state = {k: v.clone() for k, v in block.state_dict().items()}
+        out, energies = fn()
+        loss_code = coding_loss(energies, target_codewords(labels, block.codewords), 2, 6)
+        total = (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum() + 3 * loss_code
+        grads = torch.autograd.grad(total, [x] + list(block.parameters()))
+        if train:
+            block.load_state_dict(state)
+        return out, energies, loss_code, grads
+
+    def fast():
+        with EnergyRecorder(block) as rec:
+            out, _ = block(x, mask)
+        return out, rec.records[0].energies
+
+    out_f, e_f, l_f, g_f = run(fast)
+    out_n, e_n, l_n, g_n = run(lambda: naive_forward(block, x, mask))
+    assert e_f.dtype == torch.float32  # energies are always computed in float32
+    torch.testing.assert_close(e_f.double(), e_n, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(out_f, out_n, rtol=1e-5, atol=1e-6)
+    naive_loss = naive_coding_loss(e_n, block.codewords[labels].double(), 2, 6)
+    torch.testing.assert_close(l_f.double(), naive_loss, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(l_n.double(), naive_loss, rtol=1e-5, atol=1e-8)
+    for gf, gn in zip(g_f, g_n):
+        torch.testing.assert_close(gf, gn, rtol=1e-4, atol=1e-6)
+
+
+def test_float32_block_matches_float64_reference():
+    block = make_block(seed=3)
+    block.eval()
+    x = torch.randn(2, 12, 8, 8)
+    out32, _ = block(x)
+    out64, _ = naive_forward(block.double(), x.double())
+    assert (out32.double() - out64).abs().max() < 1e-5
+
+
+def test_removed_subnns_equal_zeroed_outputs_and_keep_original_n():
+    block = make_block(seed=1).eval()
+    x = torch.randn(3, 12, 8, 8)
+    block.subnn_gate[torch.tensor([1, 4])] = 0.
+    with EnergyRecorder(block) as rec:
+        out, _ = block(x)
+    ref, ref_energies = naive_forward(block, x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    energies = rec.records[0].energies
+    assert torch.all(energies[:, [1, 4]] == 0)
+    # the normalization still divides by N = 6: the kept energies sum to N after it
+    torch.testing.assert_close(normalized_energies(energies, 6).sum(1), torch.full((3,), 6.))
+
+
+def test_sliced_block_equals_gated_full_block():
+    full = make_block(seed=2).eval()
+    present = [0, 2, 5]
+    sliced = make_block(present=present, seed=2).eval()
+    d = full.subnn_width
+    channels = torch.tensor([i * d + j for i in present for j in range(d)])
+    sd = full.state_dict()
+    for name in ('conv1.weight', 'bn1.weight', 'bn1.bias', 'bn1.running_mean', 'bn1.running_var',
+                 'conv2.weight', 'bn2.weight', 'bn2.bias', 'bn2.running_mean', 'bn2.running_var'):
+        sd[name] = sd[name][channels]
+    sd['conv3.weight'] = sd['conv3.weight'][:, channels]
+    sliced.load_state_dict(sd)
+    full.subnn_gate.zero_()
+    full.subnn_gate[present] = 1.
+    x = torch.randn(2, 12, 8, 8)
+    torch.testing.assert_close(sliced(x)[0], full(x)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_normalized_energies_sum_to_n_and_decoding_picks_the_codeword():
+    energies = torch.rand(7, 6) + 0.1
+    assert torch.allclose(normalized_energies(energies).sum(1), torch.full((7,), 6.))
+    words = torch.tensor([[1., 1, 0, 0, 0, 0], [0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 1, 1]])
+    # energies concentrated on a class's active subNNs decode to that class
+    energies = words[[2, 0, 1]] * 5 + 0.01
+    assert decoding_scores(energies, words, 2).argmax(1).tolist() == [2, 0, 1]
+
+
+def test_soft_targets_give_mixed_codewords_and_jsd_batches_repeat():
+    words = torch.tensor([[1., 0, 1, 0], [0, 1, 0, 1]])
+    soft = torch.tensor([[0.75, 0.25], [0.0, 1.0]])
+    mixed = target_codewords(soft, words)
+    torch.testing.assert_close(mixed, torch.tensor([[0.75, 0.25, 0.75, 0.25], [0, 1, 0, 1.]]))
+    hard = target_codewords(torch.tensor([1, 0]), words, batch_size=6)
+    assert hard.shape == (6, 4) and torch.equal(hard[2:4], hard[:2])
+    with pytest.raises(ValueError, match='do not match'):
+        target_codewords(torch.zeros(2, 3), words)
+
+
+def test_loss_power_and_threshold():
+    energies = torch.tensor([[4., 0., 0., 0.]])  # E_bar = [4, 0, 0, 0]; r = 1/4 -> r E_bar = [1, 0, 0, 0]
+    words = torch.tensor([[0., 1., 0., 0.]])
+    # |r E_bar - w| = [1, 1, 0, 0]
+    assert coding_loss(energies, words, 1, 4, power=4.).item() == pytest.approx(0.5)
+    assert coding_loss(energies, words, 1, 4, power=2., threshold=0.5).item() == pytest.approx(0.125)
+
+
+def test_zero_input_stays_finite():
+    block = make_block().eval()
+    out, _ = block(torch.zeros(2, 12, 8, 8))
+    assert torch.isfinite(out).all()
