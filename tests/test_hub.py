@@ -269,6 +269,7 @@ def test_publish_rerun_sends_nothing_and_records_the_manifest(hub_client, export
     assert full.kind == 'full' and full.metrics == {'top1': 91.25} and full.parent is None
     assert full.training == {'dataset': 'cifar10', 'split': 'test', 'epochs': 3}
     assert full.pretrained_cfg['num_classes'] == 3 and full.pretrained_cfg['label_names'] == CLASSES
+    assert full.model_args == {'num_classes': 3, 'in_chans': 3, 'global_pool': 'avg'}
     assert b.kind == 'binary' and b.parent == 'test_resnet.toy'
     assert (b.binary.class_index, b.binary.class_name, b.binary.threshold) == (1, 'b', 0.25)
     assert b.metrics == {'precision': 0.9, 'recall': 0.8, 'f1': 0.847, 'parameter_share': 0.4}
@@ -319,12 +320,8 @@ def test_publish_plan_and_dry_run_cli_on_a_partly_published_repo(hub_client, exp
     assert _ops(c.operations) == _ops(CommitOperationAdd(n, str(folders[2] / n)) for n in ARTIFACT_FILES)
 
     # the CLI's --dry-run prints exactly this plan and writes nothing
-    from timm_coded._cli import publish as publish_cli
-    parser = argparse.ArgumentParser(prog='timm-coded')
-    publish_cli.register(parser.add_subparsers(dest='command'))
     manifest_path = tmp_path / 'manifest.json'
-    args = parser.parse_args(['publish', *map(str, folders), '--repo', repo, '--dry-run', '--manifest', str(manifest_path)])
-    assert args.func(args) == 0
+    assert _publish_cli([*folders, '--repo', repo, '--dry-run', '--manifest', manifest_path]) == 0
     out = capsys.readouterr().out
     assert plan.describe() in out
     assert "CommitOperationDelete(path_in_repo='notes.txt')" in out
@@ -489,3 +486,70 @@ def test_shipped_manifest_agrees_with_the_timm_registry():
     for artifact in manifest:
         assert timm.is_model(artifact.architecture), artifact.architecture
         assert artifact.name in pretrained, artifact.name
+
+
+def _publish_cli(argv):
+    from timm_coded._cli import publish as publish_cli
+    parser = argparse.ArgumentParser(prog='timm-coded')
+    publish_cli.register(parser.add_subparsers(dest='command'))
+    args = parser.parse_args(['publish', *map(str, argv)])
+    return args.func(args)
+
+
+def test_cli_exports_and_dry_runs_a_checkpoint_for_a_new_repo(hub_client, tmp_path, capsys):
+    torch.manual_seed(5)
+    model = timm.create_model(ARCH).eval()
+    checkpoint = tmp_path / 'checkpoint.pth'
+    torch.save({'state_dict': model.state_dict(), 'epoch': 3}, checkpoint)
+    export_dir = tmp_path / 'export'
+    assert _publish_cli([checkpoint, '--model', ARCH, '--tag', 'ckpt', '--repo', 'acme/from-checkpoint',
+                         '--dataset', 'imagenet-1k', '--export-dir', export_dir, '--dry-run',
+                         '--manifest', tmp_path / 'm.json']) == 0
+    out = capsys.readouterr().out
+    assert out.startswith('repo acme/from-checkpoint: create_repo(private=False)')  # olah has no such repo
+    weights = export_dir / 'full' / 'model.safetensors'
+    assert (f"CommitOperationAdd(path_in_repo='model.safetensors', size={weights.stat().st_size}, "
+            f'sha256={sha256_file(weights)}') in out
+    assert not (tmp_path / 'm.json').exists()
+    rebuilt = timm.create_model(f"local-dir:{export_dir / 'full'}", pretrained=True)
+    assert torch.equal(_outputs(rebuilt), _outputs(model))
+
+    with pytest.raises(TimmCodedError, match='needs --model NAME and --tag TAG'):
+        _publish_cli([checkpoint, '--repo', 'acme/x', '--dry-run'])
+    with pytest.raises(TimmCodedError, match='folders are published as they are'):
+        _publish_cli([export_dir / 'full', '--repo', 'acme/x', '--classes', 'cat', '--dry-run'])
+
+
+def test_publish_records_each_artifact_as_it_lands_and_stops_at_a_refused_write(hub_client, exports, tmp_path):
+    """olah refuses writes: publish gets past the artifact the repo already holds, then the server's refusal
+    of the next branch stops it, and the manifest describes exactly what is published (resumable)."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    repo = exports.repo_id.replace('coded-toy', 'coded-toy-refused')
+    folders = _reexport_for(exports, repo, tmp_path)
+    main_head = hub_client.commit_files(repo, folders[0], 'main')
+    manifest_path = tmp_path / 'weights_manifest.json'
+    with pytest.raises(HfHubHTTPError, match='branch/binary-b'):
+        publish(folders, repo, api=HfApi(), manifest_path=manifest_path)
+    manifest = load_manifest(manifest_path)
+    assert manifest.names == ['test_resnet.toy']
+    assert manifest.get('test_resnet.toy').location == HubLocation(repo, 'main', main_head)
+
+
+def test_coded_model_round_trip_through_the_hub(hub_client, tmp_path):
+    """The real CIFAR-10 Coded ResNeXt-29 exports, publishes and reloads bit-exactly through timm."""
+    import timm_coded  # noqa: F401 (registers the coded models)
+
+    name = 'coded_resnext29_10x11d'
+    torch.manual_seed(0)
+    model = timm.create_model(name).eval()
+    folder = export_artifact(
+        model, tmp_path / 'coded', architecture=name, model_args={}, label_names=[str(i) for i in range(10)],
+        card={'repo_id': 'acme/coded-resnext29-cifar10', 'tag': 'cifar10', 'dataset': 'cifar10'})
+    artifact = _published(hub_client, 'acme/coded-resnext29-cifar10', folder)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(x)
+        from_hub = timm.create_model(f'hf-hub:{artifact.location.hf_hub_id}', pretrained=True).eval()
+        assert torch.equal(from_hub(x), expected)
+        assert torch.equal(load_artifact(artifact).eval()(x), expected)

@@ -413,7 +413,8 @@ class ExportedArtifact:
         return Artifact(
             architecture=self.architecture, tag=self.meta['tag'], kind=self.kind,
             location=HubLocation(repo_id, self.branch, commit),
-            files=tuple(f.record() for f in self.files), pretrained_cfg=pretrained_cfg, binary=binary,
+            files=tuple(f.record() for f in self.files), pretrained_cfg=pretrained_cfg,
+            model_args=dict(self.config.get('model_args', {})), binary=binary,
             metrics=dict(self.meta.get('metrics', {})), training=dict(self.meta.get('training', {})), parent=parent)
 
 

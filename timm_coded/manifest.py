@@ -16,6 +16,7 @@ Schema (version 1)::
                   # or {"type": "package", "path": "pretrained/<folder>"}  (inside the installed package)
           "files": [{"path": "model.safetensors", "sha256": "<64 hex>", "size": 1234}, ...],
           "pretrained_cfg": {"num_classes": 10, "input_size": [3, 32, 32], ...},   # timm PretrainedCfg keys
+          "model_args": {"num_classes": 10, ...},      # config.json's constructor arguments (binaries: class, subNNs)
           "binary": {"class_index": 3, "class_name": "cat", "threshold": 0.5},      # kind 'binary' only
           "metrics": {"top1": 94.4},
           "training": {"dataset": "cifar10", "split": "train", "epochs": 300},
@@ -209,6 +210,7 @@ class Artifact:
     location: Location
     files: Tuple[ArtifactFile, ...]
     pretrained_cfg: Dict[str, Any] = field(default_factory=dict)
+    model_args: Dict[str, Any] = field(default_factory=dict)
     binary: Optional[BinaryInfo] = None
     metrics: Dict[str, float] = field(default_factory=dict)
     training: Dict[str, Any] = field(default_factory=dict)
@@ -234,7 +236,7 @@ class Artifact:
     def from_dict(cls, d: Any, where: str) -> 'Artifact':
         _check_keys(
             d, where, ('architecture', 'tag', 'kind', 'location', 'files'),
-            ('pretrained_cfg', 'binary', 'metrics', 'training', 'parent'))
+            ('pretrained_cfg', 'model_args', 'binary', 'metrics', 'training', 'parent'))
         architecture = _check_str(d['architecture'], f'{where}.architecture', _NAME_RE, 'a timm architecture name')
         tag = _check_str(d['tag'], f'{where}.tag', _NAME_RE, 'a pretrained tag ([a-z0-9_])')
         kind = d['kind']
@@ -259,6 +261,11 @@ class Artifact:
         if source_keys:
             raise _fail(f'{where}.pretrained_cfg', f'{source_keys} are decided by "location", remove them')
         _check_json_value(pretrained_cfg, f'{where}.pretrained_cfg')
+
+        model_args = d.get('model_args') or {}
+        if not isinstance(model_args, dict):
+            raise _fail(f'{where}.model_args', 'expected an object of constructor arguments')
+        _check_json_value(model_args, f'{where}.model_args')
 
         binary = d.get('binary')
         if kind == 'binary':
@@ -285,7 +292,8 @@ class Artifact:
         self = object.__new__(cls)  # skip __post_init__: this *is* the validation
         for name, value in (
                 ('architecture', architecture), ('tag', tag), ('kind', kind), ('location', location),
-                ('files', files), ('pretrained_cfg', dict(pretrained_cfg)), ('binary', binary),
+                ('files', files), ('pretrained_cfg', dict(pretrained_cfg)), ('model_args', dict(model_args)),
+                ('binary', binary),
                 ('metrics', dict(metrics)), ('training', dict(training)), ('parent', parent)):
             object.__setattr__(self, name, value)
         return self
@@ -298,6 +306,7 @@ class Artifact:
             'location': self.location.to_dict(),
             'files': [f.to_dict() for f in self.files],
             'pretrained_cfg': dict(self.pretrained_cfg),
+            'model_args': dict(self.model_args),
         }
         if self.binary is not None:
             out['binary'] = self.binary.to_dict()
