@@ -165,7 +165,8 @@ def test_export_model_card_has_metadata_and_text(exports):
     (dict(card={'repo_id': 'acme/x', 'tag': 't', 'class_index': 1, 'class_name': 'b', 'parent': 'p.t'}),
      TimmCodedError, "needs ['threshold']"),
     (dict(label_names=['a', 'b']), TimmCodedError, '2 label names for a model with 3 outputs'),
-    (dict(model_args={'num_classes': 4}), CheckpointMismatchError, 'does not rebuild this model'),
+    (dict(model_args={'num_classes': 4}), CheckpointMismatchError, 'num_classes=4 disagrees with the current model'),
+    (dict(model_args={'num_classes': 3, 'stem_width': 32}), CheckpointMismatchError, 'does not rebuild this model'),
     (dict(model_args={'num_classes': 3, 'bogus_arg': 1}), CheckpointMismatchError, 'does not accept model_args'),
     (dict(architecture='no_such_arch'), TimmCodedError, 'not registered'),
 ])

@@ -22,9 +22,9 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
@@ -196,12 +196,11 @@ def _normalise_card(card: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def _check_rebuilds(model, architecture: str, model_args: Mapping[str, Any]) -> None:
-    """The config must rebuild this exact network: build it on the meta device and compare shapes."""
+    """config.json must rebuild this exact network, as a Hub load would: build it on the meta device
+    from the written architecture and model_args, and compare every state_dict entry's shape."""
     import timm
     import torch
 
-    if not timm.is_model(architecture):
-        raise TimmCodedError(f'architecture {architecture!r} is not registered with timm; import its module first')
     try:
         with torch.device('meta'):
             rebuilt = timm.create_model(architecture, pretrained=False, **dict(model_args))
@@ -305,6 +304,7 @@ def export_artifact(
     Returns:
         `out_dir`.
     """
+    import timm
     from timm.models import get_pretrained_cfg, save_for_hf
 
     out_dir = Path(out_dir)
@@ -324,7 +324,8 @@ def export_artifact(
         raise TimmCodedError(
             f"a binary classifier has one output named after its class {meta['binary']['class_name']!r}, "
             f'got label_names {label_names}')
-    _check_rebuilds(model, architecture, model_args)
+    if not timm.is_model(architecture):
+        raise TimmCodedError(f'architecture {architecture!r} is not registered with timm; import its module first')
     if getattr(model, 'pretrained_cfg', None) is None:
         # a model assembled outside timm.create_model: take its architecture's default cfg
         model.pretrained_cfg = get_pretrained_cfg(architecture).to_dict()
@@ -339,12 +340,18 @@ def export_artifact(
         }
         if meta['description']:
             model_config['pretrained_cfg']['description'] = meta['description']
-        save_for_hf(model, tmp, model_config=model_config, model_args=model_args, safe_serialization=True)
+        try:
+            save_for_hf(model, tmp, model_config=model_config, model_args=model_args, safe_serialization=True)
+        except ValueError as e:  # timm: an export argument that disagrees with the model
+            raise CheckpointMismatchError(f'{architecture}: {e}') from None
+        # timm adds the args the factory recorded (and in_chans/num_classes/global_pool): check those
+        written = json.loads((tmp / CONFIG_NAME).read_text(encoding='utf-8'))
+        _check_rebuilds(model, written['architecture'], written.get('model_args', {}))
         num_params = sum(p.numel() for p in model.parameters())
         _card_text(architecture, meta, num_params).save(tmp / CARD_NAME)
-        written = sorted(p.name for p in tmp.iterdir())
-        if written != sorted(ARTIFACT_FILES):
-            raise RuntimeError(f'export wrote {written}, expected {sorted(ARTIFACT_FILES)}')
+        names = sorted(p.name for p in tmp.iterdir())
+        if names != sorted(ARTIFACT_FILES):
+            raise RuntimeError(f'export wrote {names}, expected {sorted(ARTIFACT_FILES)}')
         os.chmod(tmp, 0o755)
         if out_dir.exists():
             trash = Path(tempfile.mkdtemp(prefix=f'.{out_dir.name}.', suffix='.old', dir=out_dir.parent))
@@ -579,7 +586,8 @@ def plan_publish(
 ) -> PublishPlan:
     """The exact commits that publishing `folders` to `repo_id` would make, given the remote's state.
 
-    No network: `remote` comes from `fetch_remote_state` (None: the repo does not exist yet). Files the
+    No network: `remote` comes from `fetch_remote_state` (None: the repo does not exist yet); `manifest`
+    (default: the package's) says which parent artifacts are already published. Files the
     branch already holds with the same content are not sent; files the branch holds that the artifact
     does not have are deleted, so each branch holds exactly its artifact. The full model (on `main`)
     comes first, since binary branches are created from `main`.
@@ -601,7 +609,7 @@ def plan_publish(
             raise TimmCodedError(f'{by_branch[e.branch].folder} and {e.folder} would both publish to branch {e.branch}')
         by_branch[e.branch] = e
     names = {e.name for e in exports}
-    known = set(manifest.names) if manifest is not None else set()
+    known = set((load_manifest() if manifest is None else manifest).names)
     for e in exports:
         parent = (e.meta.get('parent') or {}).get('artifact')
         if parent and parent not in names and parent not in known:
@@ -642,7 +650,6 @@ def apply_plan(
         *,
         manifest_path: Optional[PathLike] = None,
         token: Optional[str] = None,
-        remote: Optional[RemoteState] = None,
 ) -> List[Artifact]:
     """Make the plan's commits (one per artifact) and record each artifact in the manifest as it lands.
 
