@@ -225,7 +225,8 @@ def point_client_at(monkeypatch, url: str, cache_dir: Path, offline: bool = Fals
 
     monkeypatch.setattr(constants, 'ENDPOINT', url)
     monkeypatch.setattr(constants, 'HUGGINGFACE_CO_URL_TEMPLATE', url + '/{repo_id}/resolve/{revision}/{filename}')
-    monkeypatch.setattr(constants, 'HF_URL_HOSTS', constants.HF_URL_HOSTS | {'127.0.0.1'})
+    if hasattr(constants, 'HF_URL_HOSTS'):  # hosts whose redirects and auth the client trusts (hub >= 1.x)
+        monkeypatch.setattr(constants, 'HF_URL_HOSTS', constants.HF_URL_HOSTS | {'127.0.0.1'})
     monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(cache_dir))
     monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', offline)
     monkeypatch.setattr(constants, 'HF_HUB_DISABLE_IMPLICIT_TOKEN', True)  # never send a user's token here
