@@ -25,6 +25,7 @@ from timm.models.resnet import downsample_conv
 
 from .codes import CodingScheme, builtin_name, builtin_scheme, list_builtin_schemes, load_scheme
 from .errors import SchemeError
+from .manifest import ManifestError, pretrained_cfg_overrides
 from .layers import CodedBottleneck, CodedStage
 
 __all__ = ['CodedResNeXt', 'resolve_stage_scheme', 'MODEL_ARCHS']
@@ -463,13 +464,26 @@ def _cifar_cfg(num_classes: int, **kwargs) -> Dict[str, Any]:
 
 
 def _default_cfgs() -> Dict[str, Dict[str, Any]]:
-    cfgs = {
+    base = {
         'coded_resnext29_10x11d': _cifar_cfg(10),
         'coded_resnext29_20x6d': _cifar_cfg(100, mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762)),
         'coded_resnext50_32x4d': _cfg(),
         'coded_resnext50': _cfg(),
         'coded_resnext17_10x2d': _cifar_cfg(10),
     }
+    # Trained weights come from weights_manifest.json, the one source of truth: each artifact
+    # becomes a pretrained tag (listed first, so `pretrained=True` picks trained weights).
+    cfgs = {}
+    for arch, cfg in base.items():
+        try:
+            tagged = pretrained_cfg_overrides(arch)
+        except ManifestError as e:
+            _logger.error('weights_manifest.json unreadable, no pretrained weights registered: %s', e)
+            tagged = {}
+        for tag, overrides in tagged.items():
+            cfgs[f'{arch}.{tag}'] = dict(cfg, **overrides)
+        if not tagged:
+            cfgs[arch] = cfg
     return cfgs
 
 
