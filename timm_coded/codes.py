@@ -201,13 +201,14 @@ class CodingScheme:
 
     # --- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        d = {'format': 'timm-coded-scheme/1', 'codewords': self.as_strings()}
+        d = {'format': 'timm-coded-scheme/1'}
         if self.name is not None:
             d['name'] = self.name
         if self.source is not None:
             d['source'] = self.source
         if self.class_names is not None:
             d['class_names'] = list(self.class_names)
+        d['codewords'] = self.as_strings()  # one '0101..' string per class: compact and diffable
         return d
 
     @classmethod
