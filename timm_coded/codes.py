@@ -530,7 +530,7 @@ def _algebraic_pools(num_subnns: int, num_active: int, num_classes: int) -> list
             dim = length - len(zeros)
             if dim > _MAX_CODE_DIM or (1 << dim) < num_classes:
                 continue
-            for extended in (False, True):
+            for extended in (True, False):
                 total = length + extended
                 dropped = total - num_subnns
                 if not 0 <= dropped <= _MAX_SHORTENING or total > 64:
@@ -545,7 +545,9 @@ def _algebraic_pools(num_subnns: int, num_active: int, num_classes: int) -> list
                         name = ('extended ' if extended else '') + label
                         if dropped:
                             name += f' shortened by {dropped} ({"ones" if pattern else "zeros"})'
-                        pools.append((f'weight-{num_active} words of the {name} code', kept, distance))
+                        # words of equal weight are an even distance apart: d = 7 means 8 here
+                        pools.append((f'weight-{num_active} words of the {name} code', kept,
+                                      distance + distance % 2))
     return pools
 
 
