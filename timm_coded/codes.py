@@ -500,7 +500,7 @@ def _cyclic_code_families(length: int) -> list:
     return families
 
 
-@lru_cache(maxsize=None)
+@lru_cache(maxsize=16)  # up to 2**21 words each
 def _cyclic_code_words(length: int, zeros: frozenset, extended: bool) -> tuple:
     """All codewords (bit i = position i) and the minimum distance of a cyclic code."""
     generator = _cyclic_generator(length, zeros)
@@ -803,7 +803,8 @@ def generate_scheme(num_classes: int, num_subnns: int, num_active: int, min_dist
         min_distance: the smallest Hamming distance required between two codewords. None asks
             for the largest one the search finds within the time budget.
         seed: the seed of every random choice; the same arguments give the same table.
-        time_budget: seconds the search may take; a request not met by then is refused.
+        time_budget: seconds the search may take. A distance not found by then is refused;
+            balancing cut short returns the most even table found so far.
         class_names: optional names of the K classes.
 
     Raises:
