@@ -1,0 +1,175 @@
+"""Start-up hook: when `timm` is imported, register the coded models and the coding-loss tasks.
+
+timm has no plugin discovery, and its train.py / validate.py build models by name right after
+importing timm. Installing timm-coded puts `timm_coded_autoload.pth` in site-packages (see
+setup.py); at interpreter start it loads this file *by path* (the `timm_coded` package itself
+imports torch, which must not happen at start-up) and calls `install()`, which only puts a small
+finder on `sys.meta_path`. Nothing else happens until some code imports `timm`; when timm has
+finished importing, `timm_coded` is imported (registering `coded_*` models) and
+`timm.task.ClassificationTask` and friends are pointed at the coded subclasses
+(`timm_coded.training.install_timm_tasks`). One line is logged. `TIMM_CODED_AUTOLOAD=0` turns
+it all off.
+
+This module must import nothing but the standard library.
+"""
+# Only modules that every interpreter has loaded before site runs: this file is executed at
+# start-up, and e.g. importlib.abc (-> importlib.resources, pathlib) or logging would add
+# tens of milliseconds to every Python process in the environment.
+import os
+import sys
+
+__all__ = ['ENV_VAR', 'PTH_FILENAME', 'PTH_LINE', 'enabled', 'install', 'uninstall', 'activate']
+
+ENV_VAR = 'TIMM_CODED_AUTOLOAD'
+_OFF_VALUES = ('0', 'false', 'no', 'off')
+
+PTH_FILENAME = 'timm_coded_autoload.pth'
+# The one line of the .pth file (site executes lines that start with "import"). It checks the
+# switch, finds the timm_coded folder through the meta path finders (regular and editable
+# installs) without importing the package (that would import torch), and runs this file's
+# install(). Any failure prints one line and leaves Python working.
+_BOOT = (
+    "try:\n"
+    " import importlib.machinery as im\n"
+    " p = next(filter(None, (f.find_spec('timm_coded', None) for f in sys.meta_path if hasattr(f, 'find_spec'))), None)\n"
+    " if p is not None and p.submodule_search_locations and 'timm_coded._autoload' not in sys.modules:\n"
+    "  f = os.path.join(list(p.submodule_search_locations)[0], '_autoload.py')\n"
+    "  l = im.SourceFileLoader('timm_coded._autoload', f)\n"
+    "  m = type(sys)(l.name); m.__file__ = f; m.__loader__ = l; m.__spec__ = im.ModuleSpec(l.name, l, origin=f)\n"
+    "  sys.modules[l.name] = m; l.exec_module(m); m.install()\n"
+    "except Exception as e:\n"
+    " sys.stderr.write('timm-coded: start-up hook disabled: %r\\n' % (e,))\n"
+)
+PTH_LINE = (
+    "import os, sys; os.environ.get('" + ENV_VAR + "', '1').strip().lower() in " + repr(_OFF_VALUES)
+    + " or exec(" + repr(_BOOT) + ", {'os': os, 'sys': sys})\n"
+)
+
+_activated = False
+
+
+def enabled() -> bool:
+    """False when the environment variable TIMM_CODED_AUTOLOAD is 0 / false / no / off."""
+    return os.environ.get(ENV_VAR, '1').strip().lower() not in _OFF_VALUES
+
+
+class _NotifyingLoader:
+    """Wraps a module's loader; calls `on_loaded(module)` once the module has executed."""
+
+    def __init__(self, loader, on_loaded) -> None:
+        self._loader = loader
+        self._on_loaded = on_loaded
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        self._loader.exec_module(module)
+        # Give the module its real loader back before anything else looks at it.
+        module.__loader__ = self._loader
+        if getattr(module, '__spec__', None) is not None:
+            module.__spec__.loader = self._loader
+        self._on_loaded(module)
+
+    def __getattr__(self, name):  # get_resource_reader, is_package, get_code, ...
+        return getattr(self._loader, name)
+
+
+class _ImportWatcher:
+    """Finds nothing itself: wraps the loaders of `timm` and `timm_coded` found by the others."""
+
+    def find_spec(self, fullname: str, path=None, target=None):
+        if fullname not in ('timm', 'timm_coded'):
+            return None
+        spec = None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, 'find_spec'):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        if spec is None or spec.loader is None:
+            return None
+        on_loaded = _on_timm_loaded if fullname == 'timm' else _on_timm_coded_loaded
+        spec.loader = _NotifyingLoader(spec.loader, on_loaded)
+        return spec
+
+
+def _on_timm_loaded(module) -> None:
+    if 'timm_coded' in sys.modules:
+        return  # timm_coded is importing timm: activate when timm_coded has finished
+    try:
+        import timm_coded  # noqa: F401  (registers the models)
+    except Exception as exc:  # never break `import timm`
+        _report_failure(exc)
+        return
+    activate()
+
+
+def _on_timm_coded_loaded(module) -> None:
+    activate()
+
+
+def _report_failure(exc: BaseException) -> None:
+    _emit('warning', f'timm-coded: the timm start-up hook failed ({exc!r}); coded models are '
+                           f'not registered. Set {ENV_VAR}=0 to silence this.')
+
+
+def _emit(level: str, message: str) -> None:
+    # At `import timm` logging is rarely configured yet (train.py configures it in main()):
+    # then the one line goes to stderr so the user sees what the hook did.
+    import logging
+    logger = logging.getLogger('timm_coded.autoload')
+    if logging.getLogger().handlers or logger.handlers:
+        getattr(logger, level)(message)
+    else:
+        sys.stderr.write(message + '\n')
+
+
+def activate() -> bool:
+    """Register the models and install the coded timm tasks (once). True if this call did it."""
+    global _activated
+    if _activated:
+        return False
+    try:
+        import timm_coded
+        from timm_coded.training import install_timm_tasks
+        replaced = install_timm_tasks()
+    except Exception as exc:
+        _report_failure(exc)
+        return False
+    _activated = True
+    # `from timm_coded import _autoload` must find this module even though the .pth loaded it by path
+    setattr(timm_coded, '_autoload', sys.modules.get(__name__, sys.modules.get('timm_coded._autoload')))
+    import timm
+    num_models = len(timm.list_models('coded_*'))
+    _emit('info', f'timm-coded {getattr(timm_coded, "__version__", "")}: {num_models} coded_* models '
+                        f'registered, {len(replaced)} timm.task classes add the coding loss ({ENV_VAR}=0 disables)')
+    uninstall()
+    return True
+
+
+def install() -> bool:
+    """Put the import watcher on sys.meta_path (no-op when disabled). True if it is installed.
+
+    When timm is already imported, activates right away.
+    """
+    if not enabled():
+        return False
+    if 'timm' in sys.modules and getattr(sys.modules['timm'], '__spec__', None) is not None \
+            and not _is_initializing(sys.modules['timm']):
+        _on_timm_loaded(sys.modules['timm'])
+        return True
+    if not any(isinstance(f, _ImportWatcher) for f in sys.meta_path):
+        sys.meta_path.insert(0, _ImportWatcher())
+    return True
+
+
+def uninstall() -> None:
+    """Take the import watcher off sys.meta_path."""
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _ImportWatcher)]
+
+
+def _is_initializing(module) -> bool:
+    spec = getattr(module, '__spec__', None)
+    return bool(getattr(spec, '_initializing', False))
