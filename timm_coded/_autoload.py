@@ -72,6 +72,8 @@ class _NotifyingLoader:
         self._on_loaded(module)
 
     def __getattr__(self, name):  # get_resource_reader, is_package, get_code, ...
+        if name == '_loader':  # not set yet (copy / unpickle): no recursion
+            raise AttributeError(name)
         return getattr(self._loader, name)
 
 
@@ -96,7 +98,8 @@ class _ImportWatcher:
 
 
 def _on_timm_loaded(module) -> None:
-    if 'timm_coded' in sys.modules:
+    package = sys.modules.get('timm_coded')
+    if package is not None and _is_initializing(package):
         return  # timm_coded is importing timm: activate when timm_coded has finished
     try:
         import timm_coded  # noqa: F401  (registers the models)
@@ -112,7 +115,7 @@ def _on_timm_coded_loaded(module) -> None:
 
 def _report_failure(exc: BaseException) -> None:
     _emit('warning', f'timm-coded: the timm start-up hook failed ({exc!r}); coded models are '
-                           f'not registered. Set {ENV_VAR}=0 to silence this.')
+                     f'not registered. Set {ENV_VAR}=0 to silence this.')
 
 
 def _emit(level: str, message: str) -> None:
@@ -144,7 +147,7 @@ def activate() -> bool:
     import timm
     num_models = len(timm.list_models('coded_*'))
     _emit('info', f'timm-coded {getattr(timm_coded, "__version__", "")}: {num_models} coded_* models '
-                        f'registered, {len(replaced)} timm.task classes add the coding loss ({ENV_VAR}=0 disables)')
+                  f'registered, {len(replaced)} timm.task classes add the coding loss ({ENV_VAR}=0 disables)')
     uninstall()
     return True
 
