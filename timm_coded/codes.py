@@ -348,12 +348,15 @@ def _table_to_words(table: np.ndarray) -> np.ndarray:
 
 def _all_weight_words(num_subnns: int, num_active: int) -> np.ndarray:
     """Every length-N word with N_act ones, ascending (Algorithm 1's enumeration order)."""
-    # by_weight[w] = ascending words of length n with w ones; words with bit n set come after
-    by_weight = [np.zeros(1, np.uint64)] + [np.zeros(0, np.uint64)] * num_active
+    # by_weight[w] = ascending words of length n with w ones; words with bit n set come after.
+    # Only weights that can still reach num_active are kept, so no list outgrows the result.
+    empty = np.zeros(0, np.uint64)
+    by_weight = {0: np.zeros(1, np.uint64)}
     for n in range(num_subnns):
         top = np.uint64(1 << n)
-        by_weight = [by_weight[0]] + [
-            np.concatenate([by_weight[w], by_weight[w - 1] | top]) for w in range(1, num_active + 1)]
+        lowest = max(0, num_active - (num_subnns - n - 1))
+        by_weight = {w: np.concatenate([by_weight.get(w, empty), by_weight.get(w - 1, empty) | top])
+                     for w in range(lowest, min(num_active, n + 1) + 1)}
     return by_weight[num_active]
 
 
@@ -535,6 +538,12 @@ def _algebraic_pools(num_subnns: int, num_active: int, num_classes: int) -> list
                 dropped = total - num_subnns
                 if not 0 <= dropped <= _MAX_SHORTENING or total > 64:
                     continue
+                # skip codes that cannot be expected to hold K words of weight N_act: a random
+                # code would have 2^(dim - dropped) C(N, N_act) / 2^N; structured ones hold up to
+                # ~8x more (even or doubly-even weights), so that is the slack allowed
+                expected = math.comb(num_subnns, num_active) * 2.0 ** (dim - dropped - num_subnns)
+                if 8 * expected < num_classes:
+                    continue
                 words, distance = _cyclic_code_words(length, zeros, extended)
                 for pattern in sorted({0, (1 << dropped) - 1}):
                     keep = _popcount(words) == num_active + dropped * (pattern > 0)
@@ -705,6 +714,42 @@ def _balance(universe: np.ndarray, start: np.ndarray, num_subnns: int, min_dista
     return np.sort(best_members)
 
 
+def _shift_repair(words: np.ndarray, num_subnns: int, min_distance: int) -> np.ndarray:
+    """Even out the last column-sum differences by moving single ones between columns.
+
+    The tabu search swaps whole words of a finite universe; over a huge word space (random
+    words) that universe rarely holds a word one move away from a member, so a unit or two
+    of imbalance can remain. Moving one 1 of a member from column i to column j changes F by
+    2 (S_j - S_i) + 2 < 0 whenever S_i >= S_j + 2, and is allowed when the moved word stays
+    min_distance from every other member. F falls at every move, so this ends.
+    """
+    words = words.copy()
+    column_bit = np.uint64(1) << np.arange(num_subnns - 1, -1, -1, dtype=np.uint64)
+    while True:
+        bits = _words_to_table(words, num_subnns)
+        sums = bits.sum(axis=0)
+        moved = False
+        for i in np.argsort(-sums, kind='stable'):
+            for j in np.argsort(sums, kind='stable'):
+                if sums[i] - sums[j] < 2:
+                    break
+                rows = np.flatnonzero(bits[:, i] & ~bits[:, j])
+                if not len(rows):
+                    continue
+                shifted = words[rows] ^ (column_bit[i] | column_bit[j])
+                distance = _popcount(shifted[:, None] ^ words[None, :])
+                distance[np.arange(len(rows)), rows] = num_subnns  # the word it replaces
+                fits = np.flatnonzero((distance >= min_distance).all(axis=1))
+                if len(fits):
+                    words[rows[fits[0]]] = shifted[fits[0]]
+                    moved = True
+                    break
+            if moved:
+                break
+        if not moved:
+            return words
+
+
 # --- the generator ------------------------------------------------------------------------------
 
 class _Search:
@@ -767,7 +812,7 @@ class _Search:
             start_rows = np.searchsorted(universe, pool)
             start = start_rows[_balanced_start(_words_to_table(pool, self.num_subnns), self.num_classes)]
             rows = _balance(universe, start, self.num_subnns, target, self.rng(target, 3), self.deadline)
-            words = universe[rows]
+            words = np.sort(_shift_repair(universe[rows], self.num_subnns, target))
             results.append((words, label))
             column_sums = _words_to_table(words, self.num_subnns).sum(axis=0)
             if column_sums.max() - column_sums.min() <= 1:
@@ -832,8 +877,6 @@ def generate_scheme(num_classes: int, num_subnns: int, num_active: int, min_dist
         return CodingScheme([[True] * a + [False] * (n - a)], class_names=class_names, source=call)
     deadline = _Deadline(time_budget)
     h_bound = max(h for h in range(2, h_max + 1, 2) if max_codewords_bound(n, h, a) >= k)
-    search = _Search(k, n, a, seed, deadline)
-
     if min_distance is not None:
         h = max(2, min_distance + min_distance % 2)  # distances between equal-weight words are even
         if h > h_max:
@@ -844,6 +887,9 @@ def generate_scheme(num_classes: int, num_subnns: int, num_active: int, min_dist
                 f'min_distance={min_distance} is impossible for {k} classes: at most '
                 f'{max_codewords_bound(n, h, a)} words of length {n} with {a} ones can be {h} apart '
                 f'(Johnson bound); the bound allows H_min <= {h_bound} for {k} classes')
+    search = _Search(k, n, a, seed, deadline)
+
+    if min_distance is not None:
         pools = search.pools(h, randomized=True)
         found = _largest(pools)
         if found < k:
