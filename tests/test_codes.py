@@ -9,7 +9,7 @@ import pytest
 
 from timm_coded.codes import (
     CIFAR10_CLASSES, CodingScheme, _algebraic_pools, _all_weight_words, _chunks, _Deadline, _greedy_pack,
-    builtin_scheme, generate_scheme, list_builtin_schemes, load_scheme, max_codewords_bound,
+    _shift_repair, _table_to_words, _words_to_table, builtin_scheme, generate_scheme, list_builtin_schemes, load_scheme, max_codewords_bound,
 )
 from timm_coded.errors import SchemeError, UnknownClassError
 
@@ -193,6 +193,19 @@ def test_batched_greedy_is_exactly_algorithm_1(n, a, h):
     assert batched.tolist() == naive_algorithm_1(n, a, h)
 
 
+def test_enumeration_with_nearly_all_ones_stays_small():
+    words = _all_weight_words(38, 36)  # used to build every middle weight (C(37,18) words) first
+    assert len(words) == math.comb(38, 36) == 703
+    assert {format(int(w), '038b').count('1') for w in words} == {36}
+
+
+def test_shift_repair_evens_columns_and_keeps_distances():
+    table = CodingScheme(['110000', '101000', '100100']).codewords
+    repaired = _words_to_table(_shift_repair(_table_to_words(table), 6, 2), 6)
+    assert repaired.sum(axis=0).tolist() == [1] * 6
+    assert CodingScheme(repaired).min_distance >= 2
+
+
 def test_algebraic_pools_are_the_codes_they_claim():
     pools = {label: (words, d) for label, words, d in _algebraic_pools(20, 8, 100)}
     words, distance = pools['weight-8 words of the extended quadratic-residue QR(23) shortened by 4 (zeros) code']
@@ -236,6 +249,13 @@ def test_generator_is_deterministic_and_seeded():
     assert first == again
     assert first != other
     assert_meets(other, 100, 20, 4, 4, 0)
+
+
+def test_generator_over_a_space_too_large_to_enumerate():
+    # C(36, 15) = 5.6e9 words: randomized greedy pool, then balancing with random extra words
+    scheme = generate_scheme(30, 36, 15, min_distance=12)
+    assert_meets(scheme, 30, 36, 15, 12, 1)
+    assert generate_scheme(30, 36, 15, min_distance=12) == scheme
 
 
 def test_generator_rounds_odd_distances_up_and_keeps_class_names():
