@@ -9,7 +9,8 @@ import pytest
 
 from timm_coded.codes import (
     CIFAR10_CLASSES, CodingScheme, _algebraic_pools, _all_weight_words, _chunks, _Deadline, _greedy_pack,
-    _shift_repair, _table_to_words, _words_to_table, builtin_scheme, generate_scheme, list_builtin_schemes, load_scheme, max_codewords_bound,
+    _shift_repair, _table_to_words, _words_to_table, builtin_scheme, generate_scheme, list_builtin_schemes,
+    load_scheme, max_codewords_bound,
 )
 from timm_coded.errors import SchemeError, UnknownClassError
 

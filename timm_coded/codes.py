@@ -806,6 +806,7 @@ class _Search:
             universe = np.unique(np.concatenate([words for _, words, _ in pools] + [extra]))
         usable = [pool for pool in pools if len(pool[1]) >= self.num_classes]
         targets = sorted({max(d for _, _, d in usable), min_distance}, reverse=True)
+        best_spread = int(self.num_classes * self.num_active % self.num_subnns != 0)
         results = []
         for target in targets:
             label, pool, _ = max((p for p in usable if p[2] >= target), key=lambda p: len(p[1]))
@@ -815,7 +816,7 @@ class _Search:
             words = np.sort(_shift_repair(universe[rows], self.num_subnns, target))
             results.append((words, label))
             column_sums = _words_to_table(words, self.num_subnns).sum(axis=0)
-            if column_sums.max() - column_sums.min() <= 1:
+            if column_sums.max() - column_sums.min() <= best_spread:
                 break  # as even as possible: keep the larger distance
         return min(results, key=lambda res: np.ptp(_words_to_table(res[0], self.num_subnns).sum(axis=0)))
 
