@@ -67,7 +67,7 @@ def run(args) -> int:
         calibration = eval_loader(model, train, None, args) if train is not None and train.root != val.root else None
         ood = None
         if args.ood_dir is not None:
-            ood = eval_loader(model, image_folder_for_ood(args.ood_dir), None, args)
+            ood = eval_loader(model, image_folder_for_ood(args.ood_dir), None, args, labelled=False)
         report = evaluate(
             model, eval_loader(model, val, None, args), calibration, ood, classes=args.classes,
             model_name=args.model, specialization_block=args.block, specialization_draws=args.draws,

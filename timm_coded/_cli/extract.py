@@ -63,11 +63,13 @@ def load_model(args) -> Any:
     return model.to(device).eval()
 
 
-def eval_loader(model, data, split: Optional[str], args):
+def eval_loader(model, data, split: Optional[str], args, labelled: bool = True):
+    """Eval-transform loader at the model's input size; labelled data must have the model's classes."""
     from ..data import make_loader
 
     return make_loader(data, model_or_data_config=model, train=False, batch_size=args.batch_size,
-                       num_workers=args.workers, split=split, expected_classes=model.class_names)
+                       num_workers=args.workers, split=split,
+                       expected_classes=model.class_names if labelled else None)
 
 
 def split_loaders(model, root: Path, args) -> Tuple[Any, Optional[Any], List[str]]:
