@@ -13,6 +13,7 @@ Stage 2 (evaluate): `timm-coded evaluate` on both checkpoints against the held-o
 The data folder is CIFAR-10's train/ ImageFolder (e.g. unpacked from ../shared/data/cifar10).
 """
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -37,6 +38,13 @@ def train_one(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     model = timm.create_model(args.model, drop_subnn_rate=args.drop_subnn_rate, **VARIANTS[args.variant])
     train_samples, val_samples = holdout_split(args.data_dir, per_class=500)
+    if args.train_per_class:  # a CPU budget: the first N training images of each class
+        kept, seen = [], {}
+        for path, target in train_samples.samples:
+            seen[target] = seen.get(target, 0) + 1
+            if seen[target] <= args.train_per_class:
+                kept.append((path, target))
+        train_samples = dataclasses.replace(train_samples, samples=tuple(kept))
     train_loader = make_loader(train_samples, model_or_data_config=model, train=True, batch_size=args.batch_size,
                                augment=args.augment, seed=args.seed)
     val_loader = make_loader(val_samples, model_or_data_config=model, train=False, batch_size=500)
@@ -49,7 +57,7 @@ def train_one(args) -> None:
         (out / 'history.json').write_text(json.dumps({
             'model': args.model, 'variant': args.variant, 'model_kwargs': VARIANTS[args.variant],
             'epochs_planned': args.epochs, 'batch_size': args.batch_size, 'lr': args.lr, 'seed': args.seed,
-            'augment': args.augment, 'train_images': len(train_samples), 'val_images': len(val_samples),
+            'augment': args.augment, 'train_per_class': args.train_per_class, 'train_images': len(train_samples), 'val_images': len(val_samples),
             'split': 'CIFAR-10 train JPEGs; val = last 500 per class (sorted names)', 'history': history}, indent=1))
         print(f'[{args.variant}] {stats}', flush=True)
 
@@ -99,6 +107,7 @@ def main() -> None:
     parser.add_argument('--drop-subnn-rate', type=float, default=0.1)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--threads', type=int, default=1)
+    parser.add_argument('--train-per-class', type=int, default=0, help='use only the first N train images per class')
     parser.add_argument('--variant', choices=list(VARIANTS))
     parser.add_argument('--ood-dir')
     args = parser.parse_args()
