@@ -14,6 +14,7 @@ wheel or sdist; take them from the timm repository at the matching tag). The run
   mixup     same + --mixup 0.8 --cutmix 1.0 + --model-ema
   bf16      1 epoch with --amp --amp-dtype bfloat16 (CPU autocast)
   resume    plain's last checkpoint, --resume, one more epoch
+  control   (optional) --model-kwargs coded=False: the uncoded baseline, no coding loss
 then validate.py on plain's best checkpoint, eager and --torchscript.
 Writes WORK/summary.md (tables) and keeps every log.
 """
@@ -105,10 +106,11 @@ def main() -> int:
     out = args.work / 'output'
     env = dict(os.environ, TIMM_CODED_LOG_INTERVAL='8', OMP_NUM_THREADS=os.environ.get('OMP_NUM_THREADS', '2'))
     train = [args.python, 'train.py', str(data), '--train-split', 'train', '--val-split', 'val',
-             '--model', 'coded_resnext17_10x2d', '--model-kwargs', 'drop_subnn_rate=0.1', 'coding_loss_weight=6',
-             '-b', '64', '--lr', '0.1', '--warmup-epochs', '0', '--weight-decay', '5e-4', '--scale', '0.5', '1',
+             '--model', 'coded_resnext17_10x2d', '-b', '64', '--lr', '0.1', '--warmup-epochs', '0', '--weight-decay', '5e-4', '--scale', '0.5', '1',
              '--color-jitter', '0', '--workers', '1', '--device', 'cpu', '--log-interval', '8', '--seed', '0',
              '--checkpoint-hist', '1', '--output', str(out)]
+    control = train + ['--model-kwargs', 'coded=False', '--epochs', str(args.epochs), '--experiment', 'control']
+    train = train + ['--model-kwargs', 'drop_subnn_rate=0.1', 'coding_loss_weight=6']
     runs = {
         'plain': train + ['--epochs', str(args.epochs), '--experiment', 'plain'],
         'mixup': train + ['--epochs', str(args.epochs), '--mixup', '0.8', '--cutmix', '1.0', '--model-ema',
@@ -116,6 +118,7 @@ def main() -> int:
         'bf16': train + ['--epochs', '1', '--amp', '--amp-dtype', 'bfloat16', '--experiment', 'bf16'],
         'resume': train + ['--epochs', str(args.epochs + 1), '--resume', str(out / 'plain' / 'last.pth.tar'),
                            '--experiment', 'resume'],
+        'control': control,  # the same network with every block uncoded: timm's task, no coding loss
     }
     report = [f'data: {data} ({args.per_class[0]} train + {args.per_class[1]} val images per class)', '']
     for name in [r for r in args.runs if r in runs]:
