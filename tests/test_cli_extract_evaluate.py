@@ -197,3 +197,18 @@ def test_evaluate_bad_folders(checkpoint, data_dir, tmp_path, capsys):
     assert_error(capsys, run_cli('evaluate', checkpoint, '--model', SMALL, '--data-dir', wrong, '--out', out),
                  'missing airplane')
     assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith('.')] == []
+
+
+def test_extract_hub_ready_folders_for_publish(checkpoint, data_dir, tmp_path, capsys):
+    from timm_coded.hub import read_export
+
+    out = tmp_path / 'hub'
+    assert run_cli('extract', checkpoint, '--model', SMALL, '--classes', 'cat', '--data-dir', data_dir, '--out', out,
+                   '--repo', 'org/cifar10-small', '--tag', 'cifar10') == 0
+    artifact = read_export(out / 'cat')  # exactly config.json, model.safetensors, README.md
+    assert artifact.architecture == f'{SMALL}_binary' and artifact.branch == 'binary-cat'
+    assert artifact.meta['binary']['class_index'] == 3
+    assert artifact.meta['binary']['threshold'] == artifact.config['model_args']['threshold']
+    assert artifact.meta['parent']['artifact'] == f'{SMALL}.cifar10'
+    assert_error(capsys, run_cli('extract', checkpoint, '--model', SMALL, '--out', tmp_path / 'x', '--repo', 'a/b'),
+                 '--repo and --tag go together')

@@ -151,7 +151,11 @@ def count_macs(model: CodedResNeXt, input_size: Optional[Sequence[int]] = None) 
     quadratic forms and elementwise ops are left out (a few % of a block).
     """
     if input_size is None:
-        input_size = model.pretrained_cfg['input_size']
+        cfg = getattr(model, 'pretrained_cfg', None) or {}
+        if 'input_size' not in cfg:
+            raise ValueError('the model has no pretrained_cfg input_size (not built by timm.create_model): '
+                             'pass input_size=(C, H, W)')
+        input_size = cfg['input_size']
     input_size = tuple(input_size)[-3:]
     block_of = {}
     for name, _ in network_blocks(model):
