@@ -175,3 +175,15 @@ def test_zero_input_stays_finite():
     block = make_block().eval()
     out, _ = block(torch.zeros(2, 12, 8, 8))
     assert torch.isfinite(out).all()
+
+
+def test_per_sample_gate_equals_one_gate_per_sample():
+    block = make_block(seed=4).eval()
+    x = torch.randn(3, 12, 8, 8)
+    gates = torch.tensor([[1., 0, 1, 1, 0, 1], [0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    expected = []
+    for i in range(3):
+        block.subnn_gate = gates[i].clone()
+        expected.append(block(x[i:i + 1])[0])
+    block.subnn_gate = gates.clone()
+    torch.testing.assert_close(block(x)[0], torch.cat(expected), rtol=1e-5, atol=1e-6)

@@ -31,7 +31,8 @@ from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 
 from .errors import CheckpointMismatchError, IntegrityError, ManifestError, TimmCodedError, UnknownClassError
 from .manifest import (
-    Artifact, ArtifactFile, BinaryInfo, HubLocation, Manifest, PackageLocation, load_manifest, update_manifest,
+    Artifact, ArtifactFile, BinaryInfo, HubLocation, Location, Manifest, PackageLocation, load_manifest,
+    update_manifest,
 )
 
 __all__ = [
@@ -409,6 +410,10 @@ class ExportedArtifact:
 
     def to_artifact(self, repo_id: str, commit: Optional[str]) -> Artifact:
         """The manifest record of this artifact once published to `repo_id` at `commit`."""
+        return self.to_artifact_at(HubLocation(repo_id, self.branch, commit))
+
+    def to_artifact_at(self, location: Location) -> Artifact:
+        """The manifest record of this artifact stored at `location` (Hub or package)."""
         pretrained_cfg = {
             k: v for k, v in self.config.get('pretrained_cfg', {}).items()
             if k not in ('url', 'file', 'state_dict', 'hf_hub_id', 'hf_hub_filename', 'source', 'architecture', 'tag')}
@@ -419,7 +424,7 @@ class ExportedArtifact:
         parent = self.meta.get('parent', {}).get('artifact') if self.meta.get('parent') else None
         return Artifact(
             architecture=self.architecture, tag=self.meta['tag'], kind=self.kind,
-            location=HubLocation(repo_id, self.branch, commit),
+            location=location,
             files=tuple(f.record() for f in self.files), pretrained_cfg=pretrained_cfg,
             model_args=dict(self.config.get('model_args', {})), binary=binary,
             metrics=dict(self.meta.get('metrics', {})), training=dict(self.meta.get('training', {})), parent=parent)
@@ -442,6 +447,32 @@ def read_export(folder: PathLike) -> ExportedArtifact:
         raise TimmCodedError(f'{folder / CONFIG_NAME} has no timm_coded block; was it written by export_artifact?')
     files = tuple(LocalFile.of(folder, n) for n in ARTIFACT_FILES)
     return ExportedArtifact(folder, config, meta, files)
+
+
+def ship_in_package(
+        folders: Sequence[PathLike],
+        subdir: str = 'weights',
+        manifest_path: Optional[PathLike] = None,
+) -> List[Artifact]:
+    """Copy exported folders into the package (`timm_coded/<subdir>/<architecture>.<tag>/`) and
+    list them in the manifest as package artifacts: for small weights that travel with the code
+    until a Hub publication exists. All folders are checked before anything is copied."""
+    from .manifest import PACKAGE_DIR
+
+    exports = [read_export(f) for f in folders]
+    artifacts = []
+    for export in exports:
+        relative = f'{subdir}/{export.name}'
+        target = PACKAGE_DIR / relative
+        tmp = target.with_name(f'.{target.name}.tmp')
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(export.folder, tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+        artifacts.append(read_export(target).to_artifact_at(PackageLocation(relative)))
+    update_manifest(artifacts, manifest_path)
+    return artifacts
 
 
 # ---------------------------------------------------------------------------------------------- publish

@@ -117,6 +117,7 @@ class CodedBottleneck(nn.Module):
         # 1 for a subNN that takes part, 0 for one removed (specialization analysis, masked
         # full model). Removing a subNN zeroes its output before the normalization, so its
         # energy adds nothing while the mean still divides by N. Not saved in state_dicts.
+        # May be replaced by a (B, N) tensor to gate each sample differently.
         self.register_buffer('subnn_gate', torch.ones(self.num_present, **dd), persistent=False)
         # (K, N) codeword table for the loss and decoding; (0, N) when the block has none.
         if codewords is None:
@@ -133,13 +134,16 @@ class CodedBottleneck(nn.Module):
         h = self.act2(self.bn2(self.conv2(h)))
 
         if self.coded:
-            energies = subnn_energies(h, self.conv3.weight, self.num_present) * self.subnn_gate.float()
+            # the gate is (N,) for the whole batch, or (B, N) per sample (e.g. each sample's class)
+            gate = self.subnn_gate.float()
+            gate = gate.unsqueeze(0) if gate.dim() == 1 else gate
+            energies = subnn_energies(h, self.conv3.weight, self.num_present) * gate
             energies = self.energy_tap(energies)
             # Normalization, gate and dropSubNNs are all per-(sample, subNN) scalings of h_n, and
             # conv3 is linear: fold them into one multiplier on h instead of scaling the C-channel
             # output (less memory, and no N separate outputs are ever formed).
             scale = torch.rsqrt(energies.sum(dim=1) / self.num_subnns + self.norm_eps)
-            multiplier = scale.unsqueeze(1) * self.subnn_gate.float().unsqueeze(0)
+            multiplier = scale.unsqueeze(1) * gate
             if self.training and self.drop_subnn_rate > 0.:
                 if mask is None or self.new_mask:  # new_mask is set wherever the scheme (so N) changes
                     mask = draw_subnn_mask(h.shape[0], self.num_present, self.drop_subnn_rate, h.device)
