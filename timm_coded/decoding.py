@@ -383,8 +383,9 @@ def specialization_curve(
     """Accuracy when k random subNNs of `block` that are active (resp. inactive) for each
     sample's true class are removed (gate = 0), for every k in `ks` and `draws` random draws.
 
-    The draw for a class is the same for all its samples; the network up to `block` runs once
-    per batch and only the rest is re-run for every (k, draw, class).
+    The draw for a class is the same for all its samples. The network up to `block` runs once
+    per batch; the rest runs once per (mode, k, draw) on the whole batch, with a per-sample
+    (B, N) gate that removes each sample's own draw.
     """
     _check_coded(model)
     model.eval()
@@ -413,11 +414,28 @@ def specialization_curve(
             removed[(mode, k)] = [
                 [rng.choice(np.flatnonzero(codewords[c] == (mode == 'active')), size=k, replace=False)
                  for c in range(num_classes)] for _ in range(draws)]
+    # keep[(mode, k)][draw]: (K, N) 1/0 table; row c is the gate of every sample of class c
+    keep: Dict[Tuple[str, int], List[torch.Tensor]] = {}
+    for key, per_draw in removed.items():
+        if per_draw is None or key[1] == 0:
+            continue
+        keep[key] = []
+        for per_class in per_draw:
+            table = torch.ones(num_classes, num_subnns)
+            for c, subnns in enumerate(per_class):
+                table[c, torch.as_tensor(subnns, dtype=torch.long)] = 0.
+            keep[key].append(table)
     correct = {key: np.zeros(draws) for key, v in removed.items() if v is not None}
     total = 0
-    gate = target.subnn_gate
-    saved_gate = gate.clone()
+    saved_gate = target.subnn_gate
     device = _model_device(model)
+
+    def num_correct(x: torch.Tensor, labels: torch.Tensor, gate: torch.Tensor) -> int:
+        target.subnn_gate = gate  # (N,) for all, or (B, N): each sample's own subNNs removed
+        for _, b in blocks[position:]:
+            x, _ = b(x, None)
+        return int((model.forward_head(x).argmax(1) == labels).sum())
+
     try:
         for images, labels in tqdm(loader, desc=f'specialization {block}', disable=not progress, leave=False):
             x = model.forward_stem(images.to(device))
@@ -425,29 +443,18 @@ def specialization_curve(
                 x, _ = b(x, None)
             labels = labels.to(device)
             total += labels.numel()
-            for c in labels.unique().tolist():
-                x_c = x[labels == c]
-
-                def num_correct(remove: np.ndarray) -> int:
-                    gate.fill_(1.)
-                    gate[torch.as_tensor(remove, dtype=torch.long, device=gate.device)] = 0.
-                    h = x_c
-                    for _, b in blocks[position:]:
-                        h, _ = b(h, None)
-                    return int((model.forward_head(h).argmax(1) == c).sum())
-
-                intact = None  # k = 0 removes nothing: one run serves every mode and draw
-                for (mode, k), per_draw in removed.items():
-                    if per_draw is None:
-                        continue
-                    for d in range(draws):
-                        if k == 0:
-                            intact = num_correct(per_draw[d][c]) if intact is None else intact
-                            correct[(mode, k)][d] += intact
-                        else:
-                            correct[(mode, k)][d] += num_correct(per_draw[d][c])
+            intact = num_correct(x, labels, saved_gate)  # k = 0 removes nothing: serves every mode and draw
+            for key, per_draw in removed.items():
+                if per_draw is None:
+                    continue
+                for d in range(draws):
+                    if key[1] == 0:
+                        correct[key][d] += intact
+                    else:
+                        gate = keep[key][d].to(device=saved_gate.device, dtype=saved_gate.dtype)[labels]
+                        correct[key][d] += num_correct(x, labels, gate)
     finally:
-        gate.copy_(saved_gate)
+        target.subnn_gate = saved_gate
     if total == 0:
         raise TimmCodedError('the data loader yielded no images')
 
