@@ -9,7 +9,7 @@ Memory: bytes of tensors saved for backward in one training step (exact, via
 saved_tensors_hooks, deduplicated by storage): the activation memory that dominates training
 memory. (CPU PyTorch has no allocator peak counter; on a GPU use torch.cuda.max_memory_allocated.)
 
-    python benchmarks/bench_models.py [--rounds 7] [--quick]
+    python benchmarks/bench_models.py [--rounds 5] [--only cifar10 imagenet small]
 """
 import argparse
 import json
@@ -34,10 +34,10 @@ CASES = {
         ('naive-coded', 'coded_resnext29_10x11d', {'naive': True}, 32, 32),
     ],
     'imagenet': [
-        ('coded', 'coded_resnext50_32x4d', {}, 8, 160),
-        ('uncoded', 'coded_resnext50_32x4d', {'coded': False}, 8, 160),
-        ('timm resnext50_32x4d', 'resnext50_32x4d', {}, 8, 160),
-        ('naive-coded', 'coded_resnext50_32x4d', {'naive': True}, 8, 160),
+        ('coded', 'coded_resnext50_32x4d', {}, 4, 128),
+        ('uncoded', 'coded_resnext50_32x4d', {'coded': False}, 4, 128),
+        ('timm resnext50_32x4d', 'resnext50_32x4d', {}, 4, 128),
+        ('naive-coded', 'coded_resnext50_32x4d', {'naive': True}, 4, 128),
     ],
     'small': [
         ('coded', 'coded_resnext17_10x2d', {}, 64, 32),
@@ -149,7 +149,7 @@ def compare(cases, rounds: int, what: str) -> Dict[str, Dict]:
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument('--rounds', type=int, default=7)
+    parser.add_argument('--rounds', type=int, default=5)
     parser.add_argument('--only', choices=list(CASES), nargs='*')
     args = parser.parse_args()
     torch.manual_seed(0)

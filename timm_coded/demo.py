@@ -25,7 +25,7 @@ class DemoConfig:
     out: Path = Path('coded-demo')
     data_dir: Optional[Path] = None  # None: the shipped CIFAR-10 sample
     model: str = 'coded_resnext17_10x2d'
-    epochs: int = 8
+    epochs: int = 4
     batch_size: int = 64
     lr: float = 0.1
     augment: Optional[str] = 'rand-m4-n3'
