@@ -554,3 +554,38 @@ def test_coded_model_round_trip_through_the_hub(hub_client, tmp_path):
         from_hub = timm.create_model(f'hf-hub:{artifact.location.hf_hub_id}', pretrained=True).eval()
         assert torch.equal(from_hub(x), expected)
         assert torch.equal(load_artifact(artifact).eval()(x), expected)
+
+
+def test_cli_publishes_a_coded_checkpoint_with_calibrated_binaries_dry_run(hub_client, tmp_path, capsys):
+    """`publish CHECKPOINT` slices, calibrates and exports the requested classes, then plans one
+    commit per artifact (full model on main, each class on binary-<class>)."""
+    import shutil
+
+    import timm_coded  # noqa: F401
+    from safetensors.torch import save_file
+    from timm_coded.data import sample_data_dir
+
+    torch.manual_seed(0)
+    model = timm.create_model('coded_resnext17_10x2d').eval()
+    checkpoint = tmp_path / 'model.safetensors'
+    save_file(model.state_dict(), str(checkpoint))
+    data = tmp_path / 'data'
+    for split in ('train', 'val'):
+        for cls in model.class_names:
+            (data / split / cls).mkdir(parents=True)
+            for path in sorted((sample_data_dir() / split / cls).glob('*.jpg'))[:4]:
+                shutil.copy(path, data / split / cls / path.name)
+    export_dir = tmp_path / 'export'
+    assert _publish_cli([checkpoint, '--model', 'coded_resnext17_10x2d', '--tag', 'c10', '--repo', 'acme/c10',
+                         '--classes', 'cat', '3', '--data-dir', data, '--export-dir', export_dir, '--dry-run',
+                         '--manifest', tmp_path / 'm.json']) == 0
+    out = capsys.readouterr().out
+    assert "create_branch(branch='binary-cat'" in out and 'coded_resnext17_10x2d_binary.c10_cat' in out
+    assert out.count("CommitOperationAdd(path_in_repo='model.safetensors'") == 2  # full + cat ('3' is cat)
+    cat = timm.create_model(f"local-dir:{export_dir / 'binary' / 'cat'}", pretrained=True).eval()
+    config = json.loads((export_dir / 'binary' / 'cat' / 'config.json').read_text())
+    assert config['model_args']['class_index'] == 3 and config['timm_coded']['binary']['class_name'] == 'cat'
+    from timm_coded.binary import gate_to_class
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad(), gate_to_class(model, 3):
+        torch.testing.assert_close(cat(x)[:, 0], model(x)[:, 3], rtol=1e-5, atol=1e-5)

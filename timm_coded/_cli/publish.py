@@ -1,17 +1,17 @@
 """`timm-coded publish`: export a checkpoint (and its binary classifiers) and publish them to the Hub.
 
     timm-coded publish FOLDER [FOLDER ...] --repo ORG/NAME [--private] [--dry-run]
-    timm-coded publish CHECKPOINT --model NAME --tag TAG --repo ORG/NAME [--classes cat dog ...] [--dry-run]
+    timm-coded publish CHECKPOINT --model NAME --tag TAG --repo ORG/NAME [--classes all|none|cat dog ...]
+                       [--data-dir DIR] [--dry-run]
 
 The core publishes folders written by `export_artifact` (or `timm-coded extract`). A checkpoint is first
-exported (full model, then one folder per requested class via `timm_coded.binary`) into --export-dir.
+exported (full model, then one calibrated binary classifier per requested class) into --export-dir.
 Every artifact is one commit on its branch (main / binary-<class>); what the repo already holds is not
 sent again; each artifact that lands is recorded in the weights manifest right away.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import tempfile
 from pathlib import Path
 from typing import List, Optional
@@ -28,8 +28,12 @@ def register(subparsers) -> None:
     p.add_argument('--repo', required=True, metavar='ORG/NAME', help='Hub repository')
     p.add_argument('--model', metavar='NAME', help='timm model name of the checkpoint')
     p.add_argument('--tag', help='pretrained tag of the checkpoint, e.g. cifar10 (binaries get TAG_<class>)')
-    p.add_argument('--classes', nargs='+', metavar='CLASS',
-                   help='also slice and publish these classes\' binary classifiers (names or indices)')
+    p.add_argument('--classes', nargs='+', metavar='CLASS', default=['all'],
+                   help="binary classifiers to slice and publish with a checkpoint: 'all' (default), names or "
+                        "indices, or 'none'")
+    p.add_argument('--data-dir', type=Path, metavar='DIR',
+                   help='images to calibrate the binary thresholds on (train/ split; default: the shipped '
+                        'CIFAR-10 sample for CIFAR-10 models)')
     p.add_argument('--dataset', help='training dataset name, for the model cards')
     p.add_argument('--export-dir', type=Path, metavar='DIR',
                    help='where a checkpoint is exported (default: a temp folder)')
@@ -43,62 +47,50 @@ def register(subparsers) -> None:
 
 
 def _export_checkpoint(args, export_dir: Path) -> List[Path]:
-    """Build the model, load the checkpoint (weights only), export it and its requested binaries."""
-    import timm
-    from timm.models import load_checkpoint
-
+    """Load the checkpoint (safetensors or weights-only torch), export it and its binaries."""
+    from ..binary import load_checkpoint
     from ..hub import export_artifact
 
     if not args.model or not args.tag:
         raise TimmCodedError('publishing a checkpoint needs --model NAME and --tag TAG')
-    model = timm.create_model(args.model)
-    load_checkpoint(model, str(args.sources[0]), strict=True, weights_only=True)
-    model.eval()
-    label_names = _label_names(model)
+    model = load_checkpoint(args.model, args.sources[0]).eval()
+    label_names = list(getattr(model, 'class_names', None) or [str(i) for i in range(model.num_classes)])
     card = {'repo_id': args.repo, 'tag': args.tag}
     if args.dataset:
         card['dataset'] = args.dataset
-    architecture = model.pretrained_cfg.get('architecture') or args.model.split('.', 1)[0]
     folders = [export_artifact(
-        model, export_dir / 'full', architecture=architecture, model_args=getattr(model, '_model_args', {}),
+        model, export_dir / 'full', architecture=args.model.split('.', 1)[0], model_args={},
         label_names=label_names, card=card, overwrite=True)]
-    if args.classes:
-        folders += _export_binaries(model, args, export_dir, label_names)
+    from ..layers import coded_blocks
+    if not coded_blocks(model) and args.classes == ['all']:
+        return folders  # an uncoded model has no class paths: only the full model is published
+    if args.classes != ['none']:
+        folders += _export_binaries(model, args, export_dir)
     return folders
 
 
-def _label_names(model) -> List[str]:
-    names = model.pretrained_cfg.get('label_names')
-    scheme = getattr(model, 'scheme', None)
-    if not names and scheme is not None and getattr(scheme, 'class_names', None):
-        names = scheme.class_names
-    if not names or len(names) != model.num_classes:
-        names = [str(i) for i in range(model.num_classes)]
-    return list(names)
+def _export_binaries(model, args, export_dir: Path) -> List[Path]:
+    """Slice, calibrate (F1-maximising threshold on --data-dir's train split) and export one
+    Hub-ready folder per class, exactly as `timm-coded extract --repo --tag` does."""
+    from types import SimpleNamespace
 
+    from ..data import CIFAR10_CLASSES, sample_data_dir
+    from ..errors import DataError
+    from .extract import extract_binary_classifiers, split_loaders
 
-def _export_binaries(model, args, export_dir: Path, label_names: List[str]) -> List[Path]:
-    """Slice one binary classifier per class with `timm_coded.binary` and export each folder.
-
-    Thin on purpose: the slicing, thresholds and metrics are `timm_coded.binary`'s job; it is expected
-    to provide `export_binary_classifiers(model, classes, out_dir, *, repo_id, tag, parent, dataset)`
-    returning the exported folders.
-    """
-    try:
-        binary = importlib.import_module('timm_coded.binary')
-    except ModuleNotFoundError as e:
-        if e.name != 'timm_coded.binary':
-            raise
-        raise TimmCodedError(
-            'slicing binary classifiers needs timm_coded.binary, which this build does not have; export the '
-            'folders with `timm-coded extract` and pass them to `timm-coded publish`') from None
-    export = getattr(binary, 'export_binary_classifiers', None)
-    if export is None:
-        raise TimmCodedError('timm_coded.binary has no export_binary_classifiers(); pass exported folders instead')
-    architecture = model.pretrained_cfg.get('architecture') or args.model.split('.', 1)[0]
-    return list(export(
-        model, args.classes, export_dir, repo_id=args.repo, tag=args.tag, parent=f'{architecture}.{args.tag}',
-        dataset=args.dataset))
+    if args.data_dir is not None:
+        root, source = args.data_dir, f'the training split of {args.data_dir}'
+    elif list(model.class_names or []) == list(CIFAR10_CLASSES):
+        root, source = sample_data_dir(), 'the CIFAR-10 sample shipped with timm-coded (train/)'
+    else:
+        raise DataError(f'calibrating the binary classifiers of {args.model} needs --data-dir with images of its '
+                        'classes (or --classes none to publish only the full model)')
+    calibration, validation, notes = split_loaders(model, root, SimpleNamespace(batch_size=128, workers=0))
+    classes = 'all' if not args.classes or args.classes == ['all'] else args.classes
+    return extract_binary_classifiers(
+        model, classes, export_dir / 'binary', calibration, validation, checkpoint=Path(args.sources[0]),
+        calibration_source=source, notes=notes, overwrite=True, progress=True,
+        hub_card={'repo_id': args.repo, 'tag': args.tag, 'dataset': args.dataset})
 
 
 def run(args) -> int:
@@ -109,8 +101,8 @@ def run(args) -> int:
         if not s.exists():
             raise FileNotFoundError(f'{s} does not exist')
     if all(s.is_dir() for s in sources):
-        if args.model or args.classes:
-            raise TimmCodedError('--model/--classes apply to a checkpoint; folders are published as they are')
+        if args.model or args.classes != ['all'] or args.data_dir:
+            raise TimmCodedError('--model/--classes/--data-dir apply to a checkpoint; folders are published as they are')
         folders = sources
         tmp: Optional[tempfile.TemporaryDirectory] = None
     elif len(sources) == 1 and sources[0].is_file():
