@@ -21,13 +21,7 @@ CIFAR_MODELS = ['coded_resnext17_10x2d', 'coded_resnext29_10x11d', 'coded_resnex
 IMAGENET = 'coded_resnext50_32x4d'
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # two OpenMP threads on a shared 2-core machine spin against each other; one is faster here
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def randomised(name, seed=0, **kwargs):

@@ -19,12 +19,7 @@ from timm_coded.plots import save_report_plots
 SMALL = 'coded_resnext17_10x2d'
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def randomised(name=SMALL, seed=0):
