@@ -345,7 +345,7 @@ def test_torch_compile_traces_the_hooks_without_recompiling(timm_tasks):
     expected = timm_tasks.ClassificationTask(model=eager, criterion=nn.CrossEntropyLoss(), verbose=False)(x, y)
     expected['loss'].backward()
     task = timm_tasks.ClassificationTask(model=model, criterion=nn.CrossEntropyLoss(), verbose=False)
-    task.compile(backend='aot_eager')  # train.py --torchcompile (inductor: see benchmarks/results_trainpy.md)
+    task.compile(backend='aot_eager')  # train.py --torchcompile (inductor: see benchmarks/RESULTS.md)
     torch._dynamo.utils.counters.clear()
     for _ in range(2):
         for p in model.parameters():
