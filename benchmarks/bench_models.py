@@ -14,7 +14,6 @@ memory. (CPU PyTorch has no allocator peak counter; on a GPU use torch.cuda.max_
 import argparse
 import json
 import statistics
-import sys
 import time
 from typing import Callable, Dict
 

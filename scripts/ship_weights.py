@@ -11,12 +11,11 @@ This is how the shipped CIFAR-10 weights were made (see benchmarks/RESULTS.md):
 """
 import argparse
 import json
-import shutil
 import tempfile
 from pathlib import Path
 
 import timm_coded  # noqa: F401  (registers the models)
-from timm_coded._cli.extract import extract_binary_classifiers
+from timm_coded.extraction import extract_binary_classifiers
 from timm_coded.binary import load_checkpoint
 from timm_coded.data import load_samples, make_loader
 from timm_coded.hub import export_artifact, ship_in_package

@@ -1,7 +1,6 @@
 """The README's main job (`timm-coded demo`) end to end, on a small slice of the shipped sample."""
 import json
 
-import pytest
 import timm
 import torch
 
@@ -57,3 +56,14 @@ def test_demo_rejects_a_data_folder_without_the_models_classes(tmp_path, capsys)
     assert rc == 2
     assert 'airplane' in capsys.readouterr().err
     assert not (tmp_path / 'o').exists()
+
+
+def test_demo_replaces_its_own_previous_output(tmp_path):
+    out = tmp_path / 'coded-demo'
+    (out / 'checkpoint').mkdir(parents=True)
+    (out / 'report.json').write_text('{}')
+    (out / 'stale.txt').write_text('from an older run')
+    assert main(['demo', '--epochs', '1', '--limit-per-class', '7', '--batch-size', '32', '--out', str(out),
+                 '--no-progress']) == 0
+    assert not (out / 'stale.txt').exists()
+    assert json.loads((out / 'report.json').read_text())['num_samples'] == 70

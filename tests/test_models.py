@@ -10,7 +10,7 @@ from PIL import Image
 import timm_coded
 from timm_coded import CodingScheme, SchemeError
 from timm_coded.energy import coding_loss, target_codewords
-from timm_coded.layers import CodedBottleneck, EnergyRecorder, coded_blocks
+from timm_coded.layers import EnergyRecorder, coded_blocks
 
 PAPER_MODELS = ['coded_resnext29_10x11d', 'coded_resnext29_20x6d', 'coded_resnext50_32x4d']
 SAMPLE = Path(timm_coded.__file__).parent / 'data' / 'cifar10_sample'

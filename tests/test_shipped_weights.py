@@ -1,7 +1,4 @@
 """The CIFAR-10 weights shipped in the package: listed in the manifest, trained, loadable offline."""
-import json
-
-import numpy as np
 import pytest
 import timm
 import torch

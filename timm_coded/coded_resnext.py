@@ -11,7 +11,6 @@ which is exactly a timm ResNeXt of that shape.
 """
 
 import logging
-import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 import torch

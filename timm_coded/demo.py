@@ -25,7 +25,7 @@ class DemoConfig:
     out: Path = Path('coded-demo')
     data_dir: Optional[Path] = None  # None: the shipped CIFAR-10 sample
     model: str = 'coded_resnext17_10x2d'
-    epochs: int = 4
+    epochs: int = 10
     batch_size: int = 64
     lr: float = 0.1
     augment: Optional[str] = 'rand-m4-n3'
@@ -76,15 +76,17 @@ def run_demo(cfg: DemoConfig, log=print) -> Dict[str, Any]:
     from safetensors.torch import save_file
 
     from . import plots
-    from ._cli.extract import extract_binary_classifiers
+    from .extraction import extract_binary_classifiers
     from .binary import binary_architecture
     from .data import make_loader
     from .evaluation import evaluate
     from .trainer import TrainConfig, history_as_dicts, train_model
 
     out = Path(cfg.out)
-    if out.exists() and not cfg.overwrite:
-        raise TimmCodedError(f'{out} already exists; choose another --out or pass --overwrite')
+    # a previous demo's output is replaced (the quick start can be re-run); anything else is kept
+    previous_demo = (out / 'report.json').is_file() and (out / 'checkpoint').is_dir()
+    if out.exists() and not (cfg.overwrite or previous_demo):
+        raise TimmCodedError(f'{out} already exists and is not a demo output; choose another --out or pass --overwrite')
     torch.manual_seed(cfg.seed)
     model = timm.create_model(cfg.model)
     if not getattr(model, 'schemes', None) or all(s is None for s in model.schemes):
@@ -128,7 +130,7 @@ def run_demo(cfg: DemoConfig, log=print) -> Dict[str, Any]:
         folders = extract_binary_classifiers(
             model, 'all', tmp / 'binary_classifiers', calib_loader, val_loader,
             checkpoint=tmp / 'checkpoint' / 'model.safetensors', calibration_source=f'the training split ({split})',
-            seed=cfg.seed, hub_card={'repo_id': f'local/{cfg.model}-demo', 'tag': 'demo', 'dataset': 'cifar10'},
+            seed=cfg.seed, results=report.binary, hub_card={'repo_id': f'local/{cfg.model}-demo', 'tag': 'demo', 'dataset': 'cifar10'},
             progress=cfg.progress)
 
         (tmp / 'README.md').write_text(_report_markdown(cfg, report, report_dict, figures, folders, tmp,

@@ -10,7 +10,7 @@ Everything here is computed in float32, also under autocast: energies are small 
 squares and the loss raises differences to the 4th power.
 """
 
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F

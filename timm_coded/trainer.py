@@ -6,7 +6,7 @@ loop exists so that `timm-coded demo` and the benchmarks need no timm checkout.
 """
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Optional
 
 import torch

@@ -13,7 +13,7 @@ def register(subparsers) -> None:
     p.add_argument('--data-dir', type=Path, help='an ImageFolder (with train/ and val/, or one folder whose last '
                                                   '--holdout images per class are held out); default: shipped sample')
     p.add_argument('--model', default='coded_resnext17_10x2d', help='a coded_* model (default coded_resnext17_10x2d)')
-    p.add_argument('--epochs', type=int, default=4)
+    p.add_argument('--epochs', type=int, default=10)
     p.add_argument('--batch-size', type=int, default=64)
     p.add_argument('--lr', type=float, default=0.1)
     p.add_argument('--holdout', type=int, default=500, help='held-out images per class when there is no val/')

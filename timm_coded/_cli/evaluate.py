@@ -17,7 +17,8 @@ from pathlib import Path
 
 from ..errors import TimmCodedError
 from ..plots import PLOT_NAMES
-from .extract import AtomicOutput, add_model_arguments, eval_loader, load_model
+from ..extraction import AtomicOutput
+from .extract import add_model_arguments, eval_loader, load_model
 
 _HELP = 'evaluate a checkpoint: accuracy, early decoding, binary classifiers, specialization, early exit'
 REPORT_NAME = 'report.json'

@@ -11,7 +11,6 @@ sent again; each artifact that lands is recorded in the weights manifest right a
 """
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 from typing import List, Optional
@@ -76,7 +75,8 @@ def _export_binaries(model, args, export_dir: Path) -> List[Path]:
 
     from ..data import CIFAR10_CLASSES, sample_data_dir
     from ..errors import DataError
-    from .extract import extract_binary_classifiers, split_loaders
+    from ..extraction import extract_binary_classifiers
+    from .extract import split_loaders
 
     if args.data_dir is not None:
         root, source = args.data_dir, f'the training split of {args.data_dir}'

@@ -1,0 +1,176 @@
+"""Slice, calibrate and write per-class binary classifiers: the library behind `timm-coded extract`,
+`timm-coded publish CHECKPOINT` and `timm-coded demo`.
+
+Every class gets a folder with timm's config.json (architecture `<model>_binary`, model_args
+that rebuild it, the calibrated threshold among them) and model.safetensors, plus either
+metrics.json or, when `hub_card` is given, a Hub-ready export (model card, metadata in
+config.json) that `hub.read_export` / `timm-coded publish` accept. Everything is written in a
+temporary folder beside the output and moved into place at the end.
+"""
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+from .errors import TimmCodedError
+from .hub import sha256_file
+
+__all__ = ['extract_binary_classifiers', 'AtomicOutput', 'folder_name']
+
+
+def folder_name(name: str) -> str:
+    """A class name as a safe folder / tag component."""
+    safe = re.sub(r'[^A-Za-z0-9_.-]+', '_', name).strip('._')
+    return safe or 'class'
+
+
+class AtomicOutput:
+    """Write into a temporary folder beside `out`; `commit(names)` moves the entries in place.
+
+    If `out` does not exist the whole temp folder is renamed to it; otherwise each entry is
+    renamed into `out` (an existing entry is refused unless `overwrite`). On any failure before
+    the commit the temp folder is deleted, so nothing is half-written.
+    """
+
+    def __init__(self, out: Path, overwrite: bool = False) -> None:
+        self.out = Path(out)
+        self.overwrite = overwrite
+        if self.out.exists() and not self.out.is_dir():
+            raise TimmCodedError(f'--out {self.out} exists and is not a folder')
+        # parents we create are removed again by `discard`
+        self._created = []
+        parent = self.out.parent.absolute()
+        while not parent.exists():
+            self._created.append(parent)
+            parent = parent.parent
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f'.{self.out.name}.', suffix='.tmp', dir=self.out.parent))
+
+    def check_free(self, names: Iterable[str]) -> None:
+        taken = [n for n in names if (self.out / n).exists()]
+        if taken and not self.overwrite:
+            raise TimmCodedError(f'{self.out} already holds {", ".join(taken)}; use another --out or --overwrite')
+
+    def commit(self, names: Sequence[str]) -> None:
+        if not self.out.exists():
+            os.replace(self.tmp, self.out)
+            return
+        self.check_free(names)
+        for name in names:
+            target = self.out / name
+            if target.exists():  # --overwrite: move the old one aside first, drop it after
+                old = self.tmp / f'.old-{name}'
+                os.replace(target, old)
+            os.replace(self.tmp / name, target)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        for folder in self._created:  # innermost first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+# --- extract -----------------------------------------------------------------------------------
+def extract_binary_classifiers(
+        model,
+        classes,
+        out: Path,
+        calibration_loader,
+        val_loader=None,
+        *,
+        checkpoint: Optional[Path] = None,
+        calibration_source: str = '',
+        notes: Sequence[str] = (),
+        negatives_per_positive: int = 9,
+        seed: int = 0,
+        overwrite: bool = False,
+        hub_card: Optional[Dict[str, Any]] = None,
+        progress: bool = False,
+        results: Optional[Sequence[Any]] = None,
+) -> List[Path]:
+    """Slice, calibrate and write the binary classifiers of `classes` into `out` (atomically).
+
+    hub_card: {'repo_id', 'tag', ['dataset']} to write Hub-ready folders with `hub.export_artifact`.
+    results: `evaluate_binary_classifiers` results already computed for these classes (e.g. by
+        `evaluation.evaluate`): reused instead of calibrating again.
+    Returns the class folders written.
+    """
+    from timm.models import save_for_hf
+
+    from .binary import binary_architecture, count_parameters, slice_binary
+    from .evaluation import evaluate_binary_classifiers, resolve_classes
+
+    indices = resolve_classes(model, classes)
+    names = [folder_name(model.class_names[k] if model.class_names else f'class_{k}') for k in indices]
+    if len(set(names)) != len(names):
+        names = [f'{k}_{n}' for k, n in zip(indices, names)]
+    output = AtomicOutput(out, overwrite=overwrite)
+    try:
+        output.check_free(names)  # before any work
+        if results is None:
+            results = evaluate_binary_classifiers(
+                model, indices, calibration_loader, val_loader, negatives_per_positive=negatives_per_positive,
+                seed=seed, progress=progress)
+        elif [r.class_index for r in results] != list(indices):
+            raise TimmCodedError('precomputed binary results do not match the requested classes')
+        checkpoint_info = None
+        if checkpoint is not None:
+            checkpoint_info = {'path': str(checkpoint), 'sha256': sha256_file(checkpoint)}
+        for result, name in zip(results, names):
+            binary = slice_binary(model, result.class_index, threshold=result.threshold).cpu().eval()
+            args = dict(binary._model_args)
+            architecture = binary_architecture(args['parent_architecture'])
+            metrics = {
+                'class_index': result.class_index, 'class_name': result.class_name,
+                'architecture': architecture, 'parent_architecture': args['parent_architecture'],
+                'parent_checkpoint': checkpoint_info,
+                'threshold': result.threshold,
+                'threshold_rule': f'maximises F1 on {calibration_source or "the calibration data"}',
+                'negatives_per_positive': negatives_per_positive,
+                'calibration': result.calibration.to_dict(),
+                'validation': result.validation.to_dict() if result.validation is not None else None,
+                'parameters': result.parameters, 'parent_parameters': count_parameters(model),
+                'parameter_share': result.parameter_share,
+                'present_subnns': args['present_subnns'],
+                'notes': list(notes),
+            }
+            folder = output.tmp / name
+            if hub_card is None:
+                save_for_hf(binary, folder, model_config={'label_names': [result.class_name]},
+                            safe_serialization=True)
+                (folder / 'metrics.json').write_text(json.dumps(metrics, indent=2) + '\n', encoding='utf-8')
+            else:
+                _export_for_hub(binary, folder, args, result, metrics, hub_card)
+        output.commit(names)
+    except BaseException:
+        output.discard()
+        raise
+    return [Path(out) / n for n in names]
+
+
+def _export_for_hub(binary, folder: Path, args: Dict[str, Any], result, metrics: Dict[str, Any],
+                    hub_card: Dict[str, Any]) -> None:
+    from .binary import binary_architecture
+    from .hub import export_artifact
+
+    tag = hub_card['tag']
+    measured = result.validation or result.calibration
+    card = {
+        'repo_id': hub_card['repo_id'], 'tag': f'{tag}_{folder_name(result.class_name).lower()}',
+        'kind': 'binary', 'class_index': result.class_index, 'class_name': result.class_name,
+        'threshold': result.threshold, 'parameter_share': result.parameter_share,
+        'parent': f"{args['parent_architecture']}.{tag}",
+        'metrics': {'precision': measured.precision, 'recall': measured.recall, 'f1': measured.f1},
+        'split': 'val' if result.validation is not None else 'train',
+        'training': {'threshold_rule': metrics['threshold_rule'], 'parent_checkpoint': metrics['parent_checkpoint']},
+    }
+    if hub_card.get('dataset'):
+        card['dataset'] = hub_card['dataset']
+    export_artifact(binary, folder, architecture=binary_architecture(args['parent_architecture']), model_args=args,
+                    label_names=[result.class_name], card=card)
