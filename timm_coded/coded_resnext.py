@@ -23,6 +23,7 @@ from timm.models._features import feature_take_indices
 from timm.models.resnet import downsample_conv
 
 from .codes import CodingScheme, builtin_name, builtin_scheme, list_builtin_schemes, load_scheme
+from .data import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 from .errors import SchemeError
 from .manifest import ManifestError, pretrained_cfg_overrides
 from .layers import CodedBottleneck, CodedStage
@@ -31,8 +32,6 @@ __all__ = ['CodedResNeXt', 'resolve_stage_scheme', 'MODEL_ARCHS']
 
 _logger = logging.getLogger(__name__)
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 _MAX_STAGES = 4
 
@@ -458,14 +457,14 @@ def _cfg(**kwargs) -> Dict[str, Any]:
 
 def _cifar_cfg(num_classes: int, **kwargs) -> Dict[str, Any]:
     cifar = dict(num_classes=num_classes, input_size=(3, 32, 32), pool_size=(8, 8), crop_pct=1.0,
-                 mean=CIFAR_MEAN, std=CIFAR_STD)
+                 mean=CIFAR10_MEAN, std=CIFAR10_STD)
     return _cfg(**dict(cifar, **kwargs))
 
 
 def _default_cfgs() -> Dict[str, Dict[str, Any]]:
     base = {
         'coded_resnext29_10x11d': _cifar_cfg(10),
-        'coded_resnext29_20x6d': _cifar_cfg(100, mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762)),
+        'coded_resnext29_20x6d': _cifar_cfg(100, mean=CIFAR100_MEAN, std=CIFAR100_STD),
         'coded_resnext50_32x4d': _cfg(),
         'coded_resnext50': _cfg(),
         'coded_resnext17_10x2d': _cifar_cfg(10),

@@ -34,6 +34,7 @@ from timm.data.transforms import str_to_interp_mode
 from timm.data.transforms_factory import transforms_imagenet_train
 from timm.utils.misc import natural_key
 
+from .codes import CIFAR10_CLASSES
 from .errors import DataError
 
 __all__ = [
@@ -46,9 +47,6 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 # CIFAR-10 label order (also alphabetical, so an ImageFolder of it gets the same indices).
-CIFAR10_CLASSES = (
-    'airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck',
-)
 # Per-channel statistics of the training splits (the true std; the often-copied
 # (0.2023, 0.1994, 0.2010) is a std of per-image means).
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
