@@ -15,13 +15,11 @@ from timm_coded.binary import (
     CodedBinaryClassifier, binary_architecture, binary_metrics, binary_model_args, calibrate_threshold,
     count_parameters, gate_to_class, load_checkpoint, parameter_share, slice_binary,
 )
+from conftest import assert_close_at_scale
 
 # (model, input size) - the small CPU model and the paper's three; ImageNet at a small input
 CIFAR_MODELS = ['coded_resnext17_10x2d', 'coded_resnext29_10x11d', 'coded_resnext29_20x6d']
 IMAGENET = 'coded_resnext50_32x4d'
-
-
-pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def randomised(name, seed=0, **kwargs):
@@ -48,7 +46,7 @@ def assert_binary_matches_gated_parent(parent, classes, x):
             assert got.shape == (x.shape[0], 1)
             assert binary.class_index == k
             worst = max(worst, float((got[:, 0] - expected).abs().max()))
-            assert torch.allclose(got[:, 0], expected, rtol=0, atol=1e-5), (k, got[:, 0], expected)
+            assert_close_at_scale(got[:, 0], expected)
     return worst
 
 

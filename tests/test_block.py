@@ -187,3 +187,19 @@ def test_per_sample_gate_equals_one_gate_per_sample():
         expected.append(block(x[i:i + 1])[0])
     block.subnn_gate = gates.clone()
     torch.testing.assert_close(block(x)[0], torch.cat(expected), rtol=1e-5, atol=1e-6)
+
+
+def test_coded_conv3_is_initialised_like_the_authors_grouped_conv():
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model('coded_resnext29_10x11d')
+    for name, block in model.named_modules():
+        if not isinstance(block, CodedBottleneck):
+            continue
+        std = float(block.conv3.weight.std())
+        c_out = block.conv3.out_channels
+        # the authors' conv3 is grouped with N*C outputs: Kaiming fan-out gives sqrt(2 / (N*C));
+        # timm's dense init sqrt(2 / C) is kept where the block is an ordinary (uncoded) ResNeXt block
+        expected = (2. / (block.num_subnns * c_out)) ** 0.5 if block.coded else (2. / c_out) ** 0.5
+        assert std == pytest.approx(expected, rel=0.05), name

@@ -12,12 +12,11 @@ from safetensors.torch import save_file
 
 from timm_coded.binary import gate_to_class
 from timm_coded.cli import main
+from timm_coded._io import OUTPUTS_RECORD
+from conftest import assert_close_at_scale
 
 SMALL = 'coded_resnext17_10x2d'
 CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
-
-
-pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def random_model(name=SMALL, **kwargs):
@@ -69,8 +68,10 @@ def test_extract_writes_one_loadable_folder_per_class(checkpoint, data_dir, tmp_
     out = tmp_path / 'binaries'
     assert run_cli('extract', checkpoint, '--model', SMALL, '--classes', 'cat,1', '--data-dir', data_dir,
                    '--out', out, '--batch-size', 16) == 0
-    assert sorted(p.name for p in out.iterdir()) == ['automobile', 'cat']
-    assert 'cat: threshold' in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == [OUTPUTS_RECORD, 'automobile', 'cat']
+    captured = capsys.readouterr()
+    assert 'cat: threshold' in captured.out
+    assert 'it/s' not in captured.err and '\r' not in captured.err  # no progress bars into a redirected log
     parent = random_model()
     x = torch.randn(4, 3, 32, 32)
     for name, index in (('cat', 3), ('automobile', 1)):
@@ -90,7 +91,7 @@ def test_extract_writes_one_loadable_folder_per_class(checkpoint, data_dir, tmp_
         binary = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
         assert binary.threshold == metrics['threshold']
         with torch.no_grad(), gate_to_class(parent, index):
-            assert torch.allclose(binary(x)[:, 0], parent(x)[:, index], atol=1e-5)
+            assert_close_at_scale(binary(x)[:, 0], parent(x)[:, index])
 
 
 def test_extract_defaults_to_the_shipped_sample(checkpoint, tmp_path):
@@ -143,11 +144,17 @@ def test_extract_bad_input_gives_one_line_and_writes_nothing(checkpoint, data_di
     assert not (tmp_path / 'deep').exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith('.')] == []
 
-    # an existing class folder is not replaced without --overwrite
-    out.mkdir(parents=True)
-    (out / 'cat').mkdir()
-    assert_error(capsys, run_cli(*base, '--classes', 'cat'), 'already holds cat')
-    assert list((out / 'cat').iterdir()) == []
+    # a file the user put where a classifier goes is never replaced, not even with --overwrite
+    (out / 'cat').mkdir(parents=True)
+    (out / 'cat' / 'model.safetensors').write_text('mine')
+    for flags in ((), ('--overwrite',)):
+        assert_error(capsys, run_cli(*base, '--classes', 'cat', *flags),
+                     'already holds cat/model.safetensors, not written by timm-coded')
+    assert (out / 'cat' / 'model.safetensors').read_text() == 'mine'
+    (out / 'cat' / 'model.safetensors').unlink()
+    assert run_cli(*base, '--classes', 'cat') == 0  # an empty folder: nothing to lose
+    # its own earlier output is replaced only with --overwrite
+    assert_error(capsys, run_cli(*base, '--classes', 'cat'), 'already holds cat/config.json')
     assert run_cli(*base, '--classes', 'cat', '--overwrite') == 0
     assert (out / 'cat' / 'model.safetensors').is_file()
     assert sorted(p.name for p in out.parent.iterdir()) == ['out']
@@ -161,7 +168,7 @@ def test_evaluate_prints_and_writes_report_and_figures(checkpoint, data_dir, ood
     assert f'{SMALL}: top-1 accuracy' in printed and 'early decoding accuracy' in printed
     assert 'specialization at layer2.1' in printed and 'early exit' in printed
     assert sorted(p.name for p in out.iterdir()) == sorted([
-        'report.json', 'precision_recall.png', 'early_decoding.png', 'energies.png', 'specialization.png',
+        OUTPUTS_RECORD, 'report.json', 'precision_recall.png', 'early_decoding.png', 'energies.png', 'specialization.png',
         'early_exit.png'])
     report = json.loads((out / 'report.json').read_text())
     assert report['num_samples'] == 20 and len(report['binary']) == 10
@@ -176,7 +183,7 @@ def test_evaluate_prints_and_writes_report_and_figures(checkpoint, data_dir, ood
     # a second run does not overwrite without --overwrite
     code = run_cli('evaluate', checkpoint, '--model', SMALL, '--data-dir', data_dir, '--out', out, '--draws', 0,
                    '--no-binary')
-    assert_error(capsys, code, 'already holds report.json')
+    assert_error(capsys, code, 'already holds report.json, precision_recall.png, early_decoding.png and 3 more from an earlier run; pass --overwrite')
 
 
 def test_evaluate_bad_folders(checkpoint, data_dir, tmp_path, capsys):

@@ -317,3 +317,10 @@ def test_make_cifar_sample_copies_bytes_deterministically(tmp_path):
     assert script.main(['--src', str(src), '--out', str(out), '--train-per-class', '16',
                         '--val-pool', '5']) == 2
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob('*') if p.is_file()} == snapshot
+
+
+def test_loader_refuses_data_whose_class_count_differs_from_the_model():
+    model = timm.create_model('coded_resnext29_20x6d', coded=False)  # 100 outputs, no class names
+    with pytest.raises(DataError, match=r'has 10 classes \(airplane, automobile, bird, cat, deer, \.\.\.\) '
+                                        r'but the model \(coded_resnext29_20x6d\) has 100 outputs'):
+        D.make_loader(D.sample_data_dir(), model_or_data_config=model, train=False, batch_size=8, split='val')

@@ -19,9 +19,6 @@ from timm_coded.plots import save_report_plots
 SMALL = 'coded_resnext17_10x2d'
 
 
-pytestmark = pytest.mark.usefixtures('one_thread')
-
-
 def randomised(name=SMALL, seed=0):
     torch.manual_seed(seed)
     model = timm.create_model(name)
@@ -190,3 +187,28 @@ def test_evaluation_report_is_json_and_plots(data, tmp_path):
         assert f.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and f.stat().st_size > 10_000
     lines = report.summary_lines()
     assert lines[0].startswith(f'{SMALL}: top-1 accuracy') and any('specialization at layer2.1' in l for l in lines)
+
+
+def test_plots_survive_rounding_and_never_lose_the_report(data, tmp_path):
+    import copy
+    import json
+
+    d = evaluate(randomised(), data, calibration_loader=data, model_name=SMALL, specialization_draws=1).to_dict()
+    # seven equal draws: numpy's mean - min is -1.8e-15, which made matplotlib refuse 'yerr'
+    d['specialization']['active'] = [[0.123] * 7 for _ in d['specialization']['ks']]
+    files = save_report_plots(copy.deepcopy(d), tmp_path / 'ok')
+    assert 'specialization.png' in [f.name for f in files]
+    broken = copy.deepcopy(d)
+    broken['codewords'] = {'layer2.0': 'not a table'}  # a figure that cannot be drawn
+    files = save_report_plots(broken, tmp_path / 'broken')
+    assert 'energies.png' not in [f.name for f in files] and len(files) == 4
+    assert any(n.startswith('figure energies.png could not be drawn') for n in broken['notes'])
+    json.dumps(broken)
+
+
+def test_progress_labels_name_the_classes_they_run():
+    from timm_coded.evaluation import _class_list
+
+    model = randomised()
+    assert _class_list(model, [3, 8]) == 'cat, ship'  # not '3..8', which reads as six classes
+    assert _class_list(model, list(range(10))) == 'airplane, automobile, bird, cat and 6 more'

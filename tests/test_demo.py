@@ -7,19 +7,32 @@ import torch
 from timm_coded.binary import gate_to_class
 from timm_coded.cli import main
 from timm_coded.hub import read_export
+from conftest import assert_close_at_scale
 
 
 def test_demo_trains_evaluates_slices_and_reports(tmp_path, capsys):
     out = tmp_path / 'demo'
+    # a previous demo's output (its record lists what it wrote) plus files the user added there
+    (out / 'figures').mkdir(parents=True)
+    (out / 'figures' / 'old_figure.png').write_text('written by the previous demo')
+    (out / 'report.json').write_text('{}')
+    (out / '.timm-coded-outputs.json').write_text('{"files": ["report.json", "figures/old_figure.png"]}')
+    (out / 'my_notes.txt').write_text('mine')
+    (out / 'figures' / 'my_annotated.png').write_text('mine too')
+    (out / 'experiments').mkdir()
     assert main(['demo', '--epochs', '1', '--limit-per-class', '12', '--out', str(out), '--no-progress']) == 0
     printed = capsys.readouterr().out
     assert 'top-1 accuracy' in printed and 'early decoding accuracy' in printed
 
     report = json.loads((out / 'report.json').read_text())
     assert report['model'] == 'coded_resnext17_10x2d' and report['num_samples'] == 120
+    # only what the previous demo wrote was replaced or removed; the user's files are all there
+    assert not (out / 'figures' / 'old_figure.png').exists()
+    assert (out / 'my_notes.txt').read_text() == 'mine' and (out / 'figures' / 'my_annotated.png').exists()
+    assert (out / 'experiments').is_dir() and [p.name for p in tmp_path.iterdir()] == ['demo']
     assert set(report['early_decoding']) == {'layer2.0', 'layer2.1', 'layer3.0', 'layer3.1', 'classifier'}
     assert len(report['binary']) == 10 and report['training']['epochs'] == 1
-    assert {p.name for p in (out / 'figures').iterdir()} >= {'early_decoding.png', 'energies.png'}
+    assert {p.name for p in (out / 'figures').iterdir()} >= {'early_decoding.png', 'energies.png', 'my_annotated.png'}
     readme = (out / 'README.md').read_text()
     assert 'What these numbers mean' in readme and '](figures/early_decoding.png)' in readme
 
@@ -33,16 +46,16 @@ def test_demo_trains_evaluates_slices_and_reports(tmp_path, capsys):
         binary = timm.create_model(f'local-dir:{out / "binary_classifiers" / name}', pretrained=True).eval()
         with torch.no_grad(), gate_to_class(parent, k):
             expected = parent(x)[:, k]
-        torch.testing.assert_close(binary(x)[:, 0], expected, rtol=1e-5, atol=1e-5)
+        assert_close_at_scale(binary(x)[:, 0], expected)
 
 
-def test_demo_refuses_to_overwrite_and_names_the_problem(tmp_path, capsys):
+def test_demo_refuses_to_replace_files_it_did_not_write(tmp_path, capsys):
     out = tmp_path / 'demo'
     out.mkdir()
-    (out / 'keep.txt').write_text('mine')
+    (out / 'report.json').write_text('the user wrote this')  # a name the demo writes, not by the demo
     assert main(['demo', '--epochs', '1', '--limit-per-class', '2', '--out', str(out), '--no-progress']) == 2
-    assert 'already exists' in capsys.readouterr().err
-    assert [p.name for p in out.iterdir()] == ['keep.txt']
+    assert 'already holds report.json, not written by timm-coded' in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ['report.json'] and list(tmp_path.iterdir()) == [out]
 
 
 def test_demo_rejects_a_data_folder_without_the_models_classes(tmp_path, capsys):
@@ -58,12 +71,9 @@ def test_demo_rejects_a_data_folder_without_the_models_classes(tmp_path, capsys)
     assert not (tmp_path / 'o').exists()
 
 
-def test_demo_replaces_its_own_previous_output(tmp_path):
-    out = tmp_path / 'coded-demo'
-    (out / 'checkpoint').mkdir(parents=True)
-    (out / 'report.json').write_text('{}')
-    (out / 'stale.txt').write_text('from an older run')
-    assert main(['demo', '--epochs', '1', '--limit-per-class', '7', '--batch-size', '32', '--out', str(out),
-                 '--no-progress']) == 0
-    assert not (out / 'stale.txt').exists()
-    assert json.loads((out / 'report.json').read_text())['num_samples'] == 70
+def test_demo_refuses_a_model_whose_class_count_differs_from_the_data(tmp_path, capsys):
+    out = tmp_path / 'o'
+    assert main(['demo', '--model', 'coded_resnext29_20x6d', '--out', str(out), '--no-progress']) == 2
+    err = capsys.readouterr().err
+    assert 'has 10 classes' in err and 'the model (coded_resnext29_20x6d) has 100 outputs' in err
+    assert not out.exists() and list(tmp_path.iterdir()) == []

@@ -11,6 +11,7 @@ import timm_coded
 from timm_coded import CodingScheme, SchemeError
 from timm_coded.energy import coding_loss, target_codewords
 from timm_coded.layers import EnergyRecorder, coded_blocks
+from conftest import assert_close_at_scale
 
 PAPER_MODELS = ['coded_resnext29_10x11d', 'coded_resnext29_20x6d', 'coded_resnext50_32x4d']
 SAMPLE = Path(timm_coded.__file__).parent / 'data' / 'cifar10_sample'
@@ -212,7 +213,7 @@ def test_torchscript_channels_last_and_features():
         ref = model(x)
         torch.testing.assert_close(torch.jit.script(model)(x), ref)
         cl = model.to(memory_format=torch.channels_last)
-        torch.testing.assert_close(cl(x.to(memory_format=torch.channels_last)), ref, rtol=1e-4, atol=1e-5)
+        assert_close_at_scale(cl(x.to(memory_format=torch.channels_last)), ref)
     features = timm.create_model('coded_resnext17_10x2d', features_only=True).eval()
     outs = features(x)
     assert [o.shape[1] for o in outs] == features.feature_info.channels() == [32, 64, 128, 256]
@@ -227,3 +228,19 @@ def test_reset_classifier_updates_codewords():
     model.reset_classifier(0)
     assert isinstance(model.fc, torch.nn.Identity)
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 256)
+
+
+def test_reset_classifier_with_an_impossible_k_keeps_the_trained_head():
+    model = timm.create_model('coded_resnext17_10x2d')
+    head = model.fc.weight.detach().clone()
+    with pytest.raises(SchemeError, match='300 classes need 300 distinct codewords'):
+        model.reset_classifier(300)  # C(10, 5) = 252 words at most
+    assert model.num_classes == 10 and model.fc.weight.shape == (10, 256) and torch.equal(model.fc.weight, head)
+    assert [s.num_classes for s in model.schemes if s is not None] == [10, 10]
+
+
+def test_create_model_with_an_ungeneratable_k_says_what_the_user_can_do():
+    with pytest.raises(SchemeError, match=r'num_classes=1000000 has no built-in coding scheme .* none could be '
+                                          r'generated within 10s .* pass it per stage with schemes=\[\.\.\.\]') as info:
+        timm.create_model('coded_resnext50_32x4d', num_classes=10 ** 6, device='meta')
+    assert 'raise the time budget' not in str(info.value)  # create_model has no time budget to raise

@@ -46,6 +46,7 @@ PTH_LINE = (
 )
 
 _activated = False
+_activating = False
 
 
 def enabled() -> bool:
@@ -78,10 +79,14 @@ class _NotifyingLoader:
 
 
 class _ImportWatcher:
-    """Finds nothing itself: wraps the loaders of `timm` and `timm_coded` found by the others."""
+    """Finds nothing itself: wraps the loader of `timm` found by the others."""
 
     def find_spec(self, fullname: str, path=None, target=None):
-        if fullname not in ('timm', 'timm_coded'):
+        if fullname == 'timm':
+            on_loaded = _on_timm_loaded
+        elif fullname.startswith('timm_coded.') and fullname != __name__ and _pending():
+            on_loaded = _on_package_module_loaded  # registration may wait for this module
+        else:
             return None
         spec = None
         for finder in sys.meta_path:
@@ -92,25 +97,71 @@ class _ImportWatcher:
                 break
         if spec is None or spec.loader is None:
             return None
-        on_loaded = _on_timm_loaded if fullname == 'timm' else _on_timm_coded_loaded
         spec.loader = _NotifyingLoader(spec.loader, on_loaded)
         return spec
 
 
+# callbacks waiting for `import timm` (e.g. `import timm_coded` before timm registers its models then)
+_timm_callbacks = []
+# True once install() put the start-up hook in place (the .pth, TIMM_CODED_AUTOLOAD not off)
+_hook_installed = False
+
+
+def on_timm_imported(callback) -> None:
+    """Call `callback()` right after `timm` has been imported (the caller checked it is not yet)."""
+    _timm_callbacks.append(callback)
+    if not any(isinstance(f, _ImportWatcher) for f in sys.meta_path):
+        sys.meta_path.insert(0, _ImportWatcher())
+
+
+# set when timm has been imported while a timm_coded module was half-way through its own import
+_timm_loaded = False
+
+
+def timm_loaded() -> bool:
+    """True once the watcher saw timm's module body finish executing."""
+    return _timm_loaded
+
+
+def _pending() -> bool:
+    return bool(_timm_callbacks) or (_hook_installed and not _activated and not _activating)
+
+
+def _package_initializing(finished=None) -> bool:
+    """True while a timm_coded module (other than `finished`) is still executing its import."""
+    return any(_is_initializing(m) for name, m in list(sys.modules.items())
+               if (name == 'timm_coded' or name.startswith('timm_coded.')) and m is not finished
+               and name != __name__)
+
+
 def _on_timm_loaded(module) -> None:
-    package = sys.modules.get('timm_coded')
-    if package is not None and _is_initializing(package):
-        return  # timm_coded is importing timm: activate when timm_coded has finished
-    try:
-        import timm_coded  # noqa: F401  (registers the models)
-    except Exception as exc:  # never break `import timm`
-        _report_failure(exc)
+    global _timm_loaded
+    _timm_loaded = True
+    if _package_initializing():
+        # e.g. `import timm_coded.layers` imported timm: registering now would import the model
+        # modules, which import that half-initialised module. Wait until it has finished.
         return
-    activate()
+    _run_pending()
 
 
-def _on_timm_coded_loaded(module) -> None:
-    activate()
+def _on_package_module_loaded(module) -> None:
+    if _timm_loaded and not _package_initializing(finished=module):
+        _run_pending()
+
+
+def _run_pending() -> None:
+    callbacks = list(_timm_callbacks)
+    _timm_callbacks.clear()
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception as exc:  # never break `import timm`
+            _report_failure(exc)
+            return
+    if _hook_installed:
+        activate()
+    else:
+        uninstall()
 
 
 def _report_failure(exc: BaseException) -> None:
@@ -131,16 +182,20 @@ def _emit(level: str, message: str) -> None:
 
 def activate() -> bool:
     """Register the models and install the coded timm tasks (once). True if this call did it."""
-    global _activated
-    if _activated:
+    global _activated, _activating
+    if _activated or _activating:
         return False
+    _activating = True  # the imports below finish timm_coded modules, which must not re-enter here
     try:
         import timm_coded
+        timm_coded.register_models()
         from timm_coded.training import install_timm_tasks
         replaced = install_timm_tasks()
     except Exception as exc:
         _report_failure(exc)
         return False
+    finally:
+        _activating = False
     _activated = True
     # `from timm_coded import _autoload` must find this module even though the .pth loaded it by path
     setattr(timm_coded, '_autoload', sys.modules.get(__name__, sys.modules.get('timm_coded._autoload')))
@@ -157,8 +212,10 @@ def install() -> bool:
 
     When timm is already imported, activates right away.
     """
+    global _hook_installed
     if not enabled():
         return False
+    _hook_installed = True
     if 'timm' in sys.modules and getattr(sys.modules['timm'], '__spec__', None) is not None \
             and not _is_initializing(sys.modules['timm']):
         _on_timm_loaded(sys.modules['timm'])

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, is_model, register_model
 
-from .coded_resnext import MODEL_ARCHS, CodedResNeXt, resolve_stage_scheme
+from .coded_resnext import MODEL_ARCHS, CodedResNeXt, _check_pretrained_values, resolve_stage_scheme, verified_pretrained_kwargs
 from .errors import CheckpointMismatchError, IntegrityError, NotCodedError, TimmCodedError, UnknownClassError
 from .layers import CodedBottleneck
 
@@ -35,13 +35,14 @@ __all__ = [
     'CodedBinaryClassifier', 'BinaryMetrics', 'slice_binary', 'binary_architecture', 'parent_architecture',
     'binary_model_args', 'count_parameters', 'parameter_share', 'subnn_channel_index', 'load_checkpoint',
     'read_state_dict', 'check_state_dict', 'calibrate_threshold', 'binary_metrics', 'binary_classifier_logits',
-    'gate_to_class',
+    'gate_to_class', 'check_weight_values',
 ]
 
 BINARY_SUFFIX = '_binary'
 # registered parent name -> canonical architecture (aliases slice into the canonical binary)
 _CANONICAL = {'coded_resnext50': 'coded_resnext50_32x4d'}
-_PARENTS = ('coded_resnext29_10x11d', 'coded_resnext29_20x6d', 'coded_resnext50_32x4d', 'coded_resnext17_10x2d')
+_PARENTS = ('coded_resnext29_10x11d', 'coded_resnext29_20x6d', 'coded_resnext50_32x4d', 'coded_resnext17_10x2d',
+            'coded_resnext11_10x4d')
 
 
 # --- the sliced architecture -------------------------------------------------------------------
@@ -129,10 +130,11 @@ def _create_binary(parent: str, pretrained: bool = False, **kwargs) -> CodedBina
     if present is None:  # the class's path through the parent's built-in schemes
         present = _default_present_subnns(parent, class_index)
     model_args = {k: v for k, v in MODEL_ARCHS[parent].items() if k != 'num_classes'}
-    model_args.update(kwargs)
+    model_args.update(verified_pretrained_kwargs(binary_architecture(parent), pretrained, kwargs))
     return build_model_with_cfg(
         CodedBinaryClassifier, binary_architecture(parent), pretrained,
         feature_cfg=dict(out_indices=tuple(range(len(model_args['layers']) + 1))),
+        pretrained_filter_fn=_check_pretrained_values,
         present_subnns=present, class_index=class_index, parent_architecture=parent,
         **model_args,
     )
@@ -170,6 +172,12 @@ def coded_resnext50_32x4d_binary(pretrained: bool = False, **kwargs) -> CodedBin
 def coded_resnext17_10x2d_binary(pretrained: bool = False, **kwargs) -> CodedBinaryClassifier:
     """One-class binary classifier sliced from the small coded_resnext17_10x2d."""
     return _create_binary('coded_resnext17_10x2d', pretrained, **kwargs)
+
+
+@register_model
+def coded_resnext11_10x4d_binary(pretrained: bool = False, **kwargs) -> CodedBinaryClassifier:
+    """One-class binary classifier sliced from the zoo's coded_resnext11_10x4d."""
+    return _create_binary('coded_resnext11_10x4d', pretrained, **kwargs)
 
 
 # --- slicing -----------------------------------------------------------------------------------
@@ -376,7 +384,31 @@ def read_state_dict(path: Union[str, os.PathLike], use_ema: bool = False) -> Dic
     try:
         state = load_state_dict(str(path), use_ema=use_ema, device='cpu', weights_only=True)
     except Exception as e:  # a truncated file, another format, a pickle with code, ...
-        raise IntegrityError(f'cannot read checkpoint {path}: {type(e).__name__}: {e}'.strip().rstrip(':')) from None
+        # every failure becomes one readable line: EOFError / KeyError: 101 say nothing to a user
+        detail = ' '.join(str(e).split()).split('. ')[0][:200]  # one line, its first sentence
+        try:
+            with open(path, 'rb') as f:
+                head = f.read(8)
+        except OSError:
+            head = b''
+        is_zip, is_pickle = head.startswith(b'PK\x03\x04'), head[:1] == b'\x80'  # torch.save's two formats
+        if not head:
+            problem = 'empty file'
+        elif path.suffix == '.safetensors':  # timm reads these with safetensors, others with torch.load
+            problem = f'corrupt or truncated safetensors file ({detail or type(e).__name__})'
+        elif (is_zip or is_pickle) and 'weights_only' in detail:
+            problem = ('it holds Python objects besides tensors, which weights-only loading refuses '
+                       '(save a plain state_dict, or .safetensors)')
+        elif (is_zip and isinstance(e, RuntimeError)) or (is_pickle and isinstance(e, EOFError)):
+            problem = 'truncated or corrupt torch checkpoint' + (f' ({detail})' if detail and is_zip else '')
+        elif is_zip or is_pickle:
+            problem = f'a torch file, but no checkpoint of weights ({type(e).__name__}: {detail})'
+        elif isinstance(e, (EOFError, KeyError, IndexError, ValueError, AttributeError, TypeError, RuntimeError)) \
+                or type(e).__module__.startswith('_pickle'):
+            problem = 'not a safetensors or torch checkpoint'
+        else:
+            problem = f'{type(e).__name__}: {detail}' if detail else type(e).__name__
+        raise IntegrityError(f'cannot read checkpoint {path}: {problem}') from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise IntegrityError(f'checkpoint {path} holds no state_dict of tensors')
     return state
@@ -410,17 +442,42 @@ def check_state_dict(model: nn.Module, state: Dict[str, torch.Tensor], what: str
     raise CheckpointMismatchError(f'{what} does not fit {target}: ' + '; '.join(parts) + hint)
 
 
+def check_weight_values(model: nn.Module, state: Dict[str, torch.Tensor], what: str = 'the checkpoint') -> None:
+    """Raise CheckpointMismatchError for weights that would load but compute garbage.
+
+    A floating-point parameter or buffer of the model must come as floating point (a bool, uint8
+    or int64 tensor would be cast silently) and hold only finite values (one NaN makes every
+    prediction the same class).
+    """
+    expected = model.state_dict()
+    for key, value in state.items():
+        target = expected.get(key)
+        if target is None or not target.is_floating_point():
+            continue
+        if not value.is_floating_point():
+            raise CheckpointMismatchError(f'{what}: {key} is {str(value.dtype).replace("torch.", "")}, '
+                                          'not floating point: not a weights file of this model')
+        if not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointMismatchError(f'{what}: {key} holds {bad} non-finite value(s) (NaN/inf): refusing it')
+
+
 def _guess_architecture(found: Dict[str, Tuple[int, ...]]) -> Optional[str]:
     """The registered coded architecture whose state_dict has exactly these keys and shapes."""
     import timm
 
+    # Shapes only: build on the meta device and uncoded (the same parameters), so that a head of
+    # any size costs no coding-scheme generation and no memory.
+    num_classes = found.get('fc.weight', (0,))[0]
     for name in _PARENTS:
         for head_bias in (False, True):
-            model = timm.create_model(name, device='meta', head_bias=head_bias, num_classes=found.get(
-                'fc.weight', (MODEL_ARCHS[name]['num_classes'],))[0])
+            model = timm.create_model(name, device='meta', coded=False, head_bias=head_bias,
+                                      num_classes=num_classes)
             shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
             if shapes == found:
-                return name
+                if head_bias and name == 'coded_resnext50_32x4d':
+                    return "timm resnext50_32x4d (= coded_resnext50_32x4d with head_bias=True)"
+                return name + (' (head_bias=True)' if head_bias else '')
     return None
 
 
@@ -440,6 +497,7 @@ def load_checkpoint(model_name: str, path: Union[str, os.PathLike], use_ema: boo
     state = read_state_dict(path, use_ema=use_ema)
     model = timm.create_model(model_name, **model_kwargs)
     check_state_dict(model, state, what=f'checkpoint {path}', model_name=model_name)
+    check_weight_values(model, state, what=f'checkpoint {path}')
     model.load_state_dict(state, strict=True)
     return model.eval()
 

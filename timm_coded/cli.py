@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Optional, Sequence
 
+from ._io import sigterm_as_keyboard_interrupt
 from .errors import TimmCodedError
 
 # (module in timm_coded._cli) — order is the order shown in --help
@@ -34,11 +36,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stdout_reader_gone() -> bool:
+    """True when our stdout is a pipe (or socket) whose reading end is closed."""
+    try:
+        import select
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no poll (Windows), or stdout has no descriptor: assume so
+        return True
+
+
+def _stdout_closed() -> None:
+    """The reader of our stdout went away (`timm-coded ... | head -1`): that is not an error.
+
+    Point stdout at /dev/null so that Python's final flush at exit does not fail a second time
+    (the recipe of the Python docs, "Note on SIGPIPE")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (captured, closed)
+        pass
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with sigterm_as_keyboard_interrupt():  # `kill` / a job scheduler: clean up as on Ctrl-C
+            code = int(args.func(args) or 0)
+            sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit flush
+        return code
+    except BrokenPipeError:
+        if not _stdout_reader_gone():
+            raise  # another pipe broke: a bug, keep its traceback
+        _stdout_closed()
+        return 0
     except KeyboardInterrupt:
         print('interrupted', file=sys.stderr)
         return 130

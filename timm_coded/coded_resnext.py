@@ -89,13 +89,26 @@ def resolve_stage_scheme(
             scheme = builtin_scheme(name)
         else:
             from .codes import generate_scheme  # only needed off the paper's settings
-            scheme = generate_scheme(num_classes, num_subnns, num_active, seed=0, time_budget=10.)
+            try:
+                scheme = generate_scheme(num_classes, num_subnns, num_active, seed=0, time_budget=_GENERATE_SECONDS)
+            except SchemeError as e:
+                # create_model cannot pass a time budget: say what the user can do instead
+                raise SchemeError(
+                    f'num_classes={num_classes} has no built-in coding scheme for a stage of N={num_subnns} subNNs '
+                    f'with N_act={num_active}, and none could be generated within {_GENERATE_SECONDS:g}s ({e}). '
+                    f'Make one beforehand (timm_coded.generate_scheme({num_classes}, {num_subnns}, {num_active}, '
+                    f'time_budget=...) or `timm-coded schemes generate --classes {num_classes} --subnns {num_subnns} '
+                    f'--active {num_active} --out FILE`) and pass it per stage with schemes=[...]') from None
             _logger.warning(
                 'No built-in coding scheme for K=%d, N=%d, N_act=%d: generated one (%s). Pass schemes=... '
                 'to choose your own.', num_classes, num_subnns, num_active, scheme.summary())
     if class_names is not None:
         scheme = scheme.with_class_names(class_names)
     return scheme
+
+
+# seconds create_model may spend generating a scheme for a K without a shipped one
+_GENERATE_SECONDS = 10.
 
 
 class CodedResNeXt(nn.Module):
@@ -290,6 +303,9 @@ class CodedResNeXt(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+        for m in self.modules():
+            if isinstance(m, CodedBottleneck) and m.coded:
+                m.init_conv3_as_grouped()
         if zero_init_last:
             for m in self.modules():
                 if isinstance(m, CodedBottleneck):
@@ -313,6 +329,8 @@ class CodedResNeXt(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """New classifier head. With another K, stages re-resolve their coding scheme (shipped or
         generated) unless the current scheme already has K codewords."""
+        # Resolve the new schemes first: an impossible K raises before the trained head is touched.
+        new_schemes = self._schemes_for(num_classes) if num_classes > 0 else {}
         param = next(self.parameters())
         if global_pool is not None:
             self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
@@ -321,25 +339,31 @@ class CodedResNeXt(nn.Module):
         self.fc = self._make_fc(num_classes, device=param.device, dtype=param.dtype)
         self.global_pool.train(self.training)
         self.fc.train(self.training)
-        if num_classes > 0:
-            self._update_schemes(num_classes)
+        for i, scheme in new_schemes.items():
+            self.schemes[i] = scheme
+            words = torch.from_numpy(scheme.codewords.astype('float32'))
+            for block in self._coded_stage_blocks(i):
+                block.codewords = words.to(device=block.subnn_gate.device)
+        if num_classes > 0 and self.class_names is not None and len(self.class_names) != num_classes:
+            self.class_names = None
+
+    def _coded_stage_blocks(self, stage_index: int) -> List[CodedBottleneck]:
+        stage = getattr(self, self.stage_names[stage_index])
+        return [b for b in stage if isinstance(b, CodedBottleneck) and b.coded]
 
     @torch.jit.ignore
-    def _update_schemes(self, num_classes: int) -> None:
-        for i, stage_name in enumerate(self.stage_names):
-            blocks = [b for b in getattr(self, stage_name) if isinstance(b, CodedBottleneck) and b.coded]
+    def _schemes_for(self, num_classes: int) -> Dict[int, CodingScheme]:
+        """{stage index: scheme} for the coded full (unsliced) stages whose scheme must change for K classes."""
+        schemes = {}
+        for i in range(len(self.stage_names)):
+            blocks = self._coded_stage_blocks(i)
             if not blocks or blocks[0].num_present != blocks[0].num_subnns:
                 continue
             current = self.schemes[i]
             if current is not None and current.num_classes == num_classes:
                 continue
-            scheme = resolve_stage_scheme(None, num_classes, blocks[0].num_subnns, blocks[0].num_active)
-            self.schemes[i] = scheme
-            words = torch.from_numpy(scheme.codewords.astype('float32'))
-            for block in blocks:
-                block.codewords = words.to(device=block.subnn_gate.device)
-        if self.class_names is not None and len(self.class_names) != num_classes:
-            self.class_names = None
+            schemes[i] = resolve_stage_scheme(None, num_classes, blocks[0].num_subnns, blocks[0].num_active)
+        return schemes
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.maxpool(self.act1(self.bn1(self.conv1(x))))
@@ -429,18 +453,71 @@ MODEL_ARCHS: Dict[str, Dict[str, Any]] = {
     'coded_resnext17_10x2d': dict(
         layers=(1, 2, 2), stage_channels=(64, 128, 256), num_subnns=10, subnn_width=(2, 4, 8),
         num_active=(10, 5, 3), stem_type='cifar', stem_width=32, num_classes=10, coding_loss_weight=6.),
+    # Not in the paper: the zoo's CPU-trained CIFAR-10 model. One block per stage, wide outputs
+    # (128/256/512) and 10 subNNs of width 4/8/16, sized (benchmarks/RESULTS.md) so that a
+    # training run of ~12 epochs on 45,000 images fits in about an hour on a 2-core CPU.
+    'coded_resnext11_10x4d': dict(
+        layers=(1, 1, 1), stage_channels=(128, 256, 512), num_subnns=10, subnn_width=(4, 8, 16),
+        num_active=(10, 5, 3), stem_type='cifar', stem_width=64, num_classes=10, coding_loss_weight=6.),
 }
 MODEL_ARCHS['coded_resnext50'] = MODEL_ARCHS['coded_resnext50_32x4d']
 
 _PAPER = 'https://arxiv.org/abs/2202.05343'
 
 
+def _check_pretrained_values(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """timm's pretrained filter: refuse non-floating or non-finite weights on every load path."""
+    from .binary import check_weight_values
+
+    source = (getattr(model, 'pretrained_cfg', None) or {}).get('file') or 'the pretrained weights'
+    check_weight_values(model, state_dict, what=str(source))
+    return state_dict
+
+
+def verified_pretrained_kwargs(variant: str, pretrained: bool, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """Point timm's pretrained loader at a sha256-verified copy of a manifest artifact.
+
+    When the resolved pretrained cfg is a weights-manifest artifact (a package file or a pinned
+    Hub revision) and the caller did not substitute other weights, the files are fetched (Hub
+    cache or package) and checked against the manifest's sha256 first; timm then loads exactly
+    that verified file. A mismatch raises IntegrityError (and drops the file from the HF cache).
+    """
+    if not pretrained:
+        return kwargs
+    from timm.models._builder import resolve_pretrained_cfg
+
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
+                                 pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay')).to_dict()
+    if cfg.get('state_dict') is not None:
+        return kwargs
+    name = f"{cfg.get('architecture')}.{cfg.get('tag')}"
+    from .manifest import load_manifest
+
+    try:
+        artifact = load_manifest().get(name)
+    except (ManifestError, KeyError):
+        return kwargs
+    from .hub import download_artifact
+    from .manifest import HubLocation
+
+    location = artifact.location
+    expected_file = None if isinstance(location, HubLocation) else str(
+        location.resolve().joinpath(*artifact.weights_file.path.split('/')))
+    if cfg.get('file') not in (None, expected_file) or cfg.get('source') in ('hf-hub', 'local-dir'):
+        return kwargs  # the caller substituted other weights: theirs to vouch for
+    folder = download_artifact(artifact)
+    verified = dict(cfg, file=str(folder.joinpath(*artifact.weights_file.path.split('/'))))
+    return dict(kwargs, pretrained_cfg=verified, pretrained_cfg_overlay=None)
+
+
 def _create_coded_resnext(variant: str, pretrained: bool = False, **kwargs) -> CodedResNeXt:
+    kwargs = verified_pretrained_kwargs(variant, pretrained, kwargs)
     model_args = dict(MODEL_ARCHS[variant], **kwargs)
     num_feature_levels = len(model_args['layers']) + 1
     return build_model_with_cfg(
         CodedResNeXt, variant, pretrained,
         feature_cfg=dict(out_indices=tuple(range(num_feature_levels))),
+        pretrained_filter_fn=_check_pretrained_values,
         **model_args,
     )
 
@@ -468,6 +545,7 @@ def _default_cfgs() -> Dict[str, Dict[str, Any]]:
         'coded_resnext50_32x4d': _cfg(),
         'coded_resnext50': _cfg(),
         'coded_resnext17_10x2d': _cifar_cfg(10),
+        'coded_resnext11_10x4d': _cifar_cfg(10),
     }
     # Trained weights come from weights_manifest.json, the one source of truth: each artifact
     # becomes a pretrained tag (listed first, so `pretrained=True` picks trained weights).
@@ -516,3 +594,9 @@ def coded_resnext50(pretrained: bool = False, **kwargs) -> CodedResNeXt:
 def coded_resnext17_10x2d(pretrained: bool = False, **kwargs) -> CodedResNeXt:
     """Small Coded ResNeXt for CIFAR-10 (1-2-2 blocks, 10 subNNs of width 2/4/8): trains on a CPU."""
     return _create_coded_resnext('coded_resnext17_10x2d', pretrained, **kwargs)
+
+
+@register_model
+def coded_resnext11_10x4d(pretrained: bool = False, **kwargs) -> CodedResNeXt:
+    """CPU-trained CIFAR-10 Coded ResNeXt of the zoo (1-1-1 blocks, 10 subNNs of width 4/8/16)."""
+    return _create_coded_resnext('coded_resnext11_10x4d', pretrained, **kwargs)

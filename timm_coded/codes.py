@@ -234,8 +234,15 @@ class CodingScheme:
     def save(self, path: Union[str, Path]) -> None:
         path = Path(path)
         tmp = path.with_name(path.name + '.tmp')
-        tmp.write_text(self.to_json())
-        tmp.replace(path)  # atomic: a failed write never leaves half a file
+        try:
+            tmp.write_text(self.to_json())
+            tmp.replace(path)  # atomic: a failed write never leaves half a file
+        except BaseException:  # a folder at `path`, a full disk, Ctrl-C: leave no .tmp behind
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+            raise
 
     def __eq__(self, other) -> bool:
         return isinstance(other, CodingScheme) and np.array_equal(self.codewords, other.codewords)
@@ -315,6 +322,7 @@ _MAX_CODE_DIM = 21              # enumerate linear codes with at most 2**21 code
 _MAX_FIELD_DEGREE = 24          # cyclic codes need GF(2**m) with m = ord_n(2) <= this
 _MAX_SHORTENING = 8             # use codes at most this many positions longer than N
 _BATCH = 1024                   # greedy candidates examined per numpy batch
+_MAX_GENERATED_CLASSES = 50_000  # beyond this, balancing K codewords cannot finish in a useful time
 _FREE_SAMPLE = 64               # unconstrained words scored per balancing step
 _EXTRA_WORDS = 20_000           # random words the balancer may swap in when N_act of N is too many
 _BALANCE_STEPS = 4000           # + K: swaps allowed to reach the most even column sums
@@ -876,6 +884,13 @@ def generate_scheme(num_classes: int, num_subnns: int, num_active: int, min_dist
     call = f'timm_coded.codes.generate_scheme({k}, {n}, {a}, min_distance={min_distance}, seed={seed})'
     if k == 1:
         return CodingScheme([[True] * a + [False] * (n - a)], class_names=class_names, source=call)
+    if k > _MAX_GENERATED_CLASSES:
+        # picking and balancing K rows costs at least K x pool size (>= K^2) steps: refuse now
+        # rather than after the time budget, with what to do instead
+        raise SchemeError(
+            f'the generator balances at most {_MAX_GENERATED_CLASSES:,} codewords (its cost grows with K^2); '
+            f'{k:,} classes need a scheme built another way (any {k:,} distinct rows of weight {a} out of {n}, '
+            f'e.g. from a constant-weight code) passed as a CodingScheme')
     deadline = _Deadline(time_budget)
     h_bound = max(h for h in range(2, h_max + 1, 2) if max_codewords_bound(n, h, a) >= k)
     if min_distance is not None:
@@ -913,8 +928,8 @@ def generate_scheme(num_classes: int, num_subnns: int, num_active: int, min_dist
         if pools is None:
             pools = search.pools(2, randomized=True)
             if _largest(pools) < k:
-                raise SchemeError(f'found only {_largest(pools)} distinct words for {k} classes in the time budget '
-                                  f'of {time_budget:g}s (N={n}, N_act={a}); raise the time budget')
+                raise SchemeError(f'found only {_largest(pools)} distinct words for {k} classes within '
+                                  f'time_budget={time_budget:g}s (N={n}, N_act={a}); a larger time_budget may find more')
         for g in range(h + 2, h_bound + 1, 2):
             if deadline.expired():
                 break

@@ -41,7 +41,7 @@ __all__ = [
     'CIFAR10_CLASSES', 'CIFAR10_MEAN', 'CIFAR10_STD', 'CIFAR100_MEAN', 'CIFAR100_STD',
     'ImageSamples', 'ImageFolderDataset', 'sample_data_dir', 'resolve_image_folder', 'load_samples',
     'class_names', 'check_class_names', 'holdout_split', 'image_folder_for_ood', 'data_config_for',
-    'make_transform', 'make_dataset', 'make_loader',
+    'make_transform', 'make_dataset', 'make_loader', 'check_class_count',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -337,12 +337,17 @@ class ImageFolderDataset(ImageDataset):
         self.class_names = samples.class_names
 
     def load_image(self, index: int) -> Tuple[Image.Image, int]:
+        import warnings
+
         path, target = self.reader[index]
         try:
-            with Image.open(path) as img:
-                image = img.convert(self.input_img_mode or 'RGB')  # decodes now, so corruption shows here
-        except (OSError, ValueError, SyntaxError) as e:  # PIL's decode errors
-            raise DataError(f'cannot read image {path}: {e}') from e
+            with warnings.catch_warnings():
+                # PIL warns above Image.MAX_IMAGE_PIXELS and raises above twice that: both are refused
+                warnings.simplefilter('error', Image.DecompressionBombWarning)
+                with Image.open(path) as img:
+                    image = img.convert(self.input_img_mode or 'RGB')  # decodes now, so corruption shows here
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise DataError(f'cannot read image {path}: {e}') from e  # PIL's decode errors, decompression bombs
         return image, target
 
     def __getitem__(self, key: Union[int, Tuple[int, int]]):
@@ -479,6 +484,17 @@ class _TrainCollate:
         return images, targets
 
 
+def check_class_count(samples: 'ImageSamples', model: Any) -> None:
+    """Labelled data must have as many classes as the model has outputs (a model without class
+    names would otherwise pair output k with whatever folder sorts k-th)."""
+    num_outputs = getattr(model, 'num_classes', 0) if isinstance(model, torch.nn.Module) else 0
+    if num_outputs > 1 and samples.class_names and len(samples.class_names) != num_outputs:
+        shown = ', '.join(samples.class_names[:5]) + (', ...' if len(samples.class_names) > 5 else '')
+        name = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture') or type(model).__name__
+        raise DataError(f'{samples.root} has {len(samples.class_names)} classes ({shown}) but the model '
+                        f'({name}) has {num_outputs} outputs: use data with its classes')
+
+
 def make_loader(
         data: Union[PathLike, ImageSamples],
         *,
@@ -523,6 +539,7 @@ def make_loader(
     transform = make_transform(data_config, train=train, augment=augment if train else None,
                                train_crop=train_crop, re_prob=re_prob if train else 0.)
     dataset = make_dataset(data, transform=transform, split=split, expected_classes=expected_classes)
+    check_class_count(dataset.samples, model_or_data_config)
 
     if not train:
         return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,

@@ -99,6 +99,13 @@ class ClassBinaryResult:
         return d
 
 
+def _class_list(model: torch.nn.Module, classes: Sequence[int], shown: int = 4) -> str:
+    """The classes a progress bar works on, by name: 'cat, ship' (not '3..8', which reads as a range)."""
+    names = getattr(model, 'class_names', None)
+    labels = [names[k] if names is not None and k < len(names) else str(k) for k in classes]
+    return ', '.join(labels[:shown]) + (f' and {len(labels) - shown} more' if len(labels) > shown else '')
+
+
 def _chunks(items: Sequence[int], size: int) -> Iterable[Sequence[int]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -126,7 +133,7 @@ def evaluate_binary_classifiers(
     parent_parameters = count_parameters(model)
     for chunk in _chunks(list(classes), chunk_size):
         binaries = [slice_binary(model, k).eval() for k in chunk]
-        label = f'binary classifiers {chunk[0]}..{chunk[-1]}'
+        label = 'binary classifiers ' + _class_list(model, chunk)
         calib_logits, calib_targets = binary_classifier_logits(binaries, calibration_loader, progress=progress,
                                                                desc=f'{label} (calibration)')
         val_logits = val_targets = ood_logits = None

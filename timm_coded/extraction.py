@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
+from ._io import StagedOutput
 from .errors import TimmCodedError
 from .hub import sha256_file
 
@@ -27,53 +28,15 @@ def folder_name(name: str) -> str:
     return safe or 'class'
 
 
-class AtomicOutput:
-    """Write into a temporary folder beside `out`; `commit(names)` moves the entries in place.
-
-    If `out` does not exist the whole temp folder is renamed to it; otherwise each entry is
-    renamed into `out` (an existing entry is refused unless `overwrite`). On any failure before
-    the commit the temp folder is deleted, so nothing is half-written.
-    """
-
-    def __init__(self, out: Path, overwrite: bool = False) -> None:
-        self.out = Path(out)
-        self.overwrite = overwrite
-        if self.out.exists() and not self.out.is_dir():
-            raise TimmCodedError(f'--out {self.out} exists and is not a folder')
-        # parents we create are removed again by `discard`
-        self._created = []
-        parent = self.out.parent.absolute()
-        while not parent.exists():
-            self._created.append(parent)
-            parent = parent.parent
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f'.{self.out.name}.', suffix='.tmp', dir=self.out.parent))
+class AtomicOutput(StagedOutput):
+    """The extract/evaluate output folder: `StagedOutput` (nothing half-written, and nothing
+    replaced or removed that timm-coded did not write) with the entry-level names these commands use."""
 
     def check_free(self, names: Iterable[str]) -> None:
-        taken = [n for n in names if (self.out / n).exists()]
-        if taken and not self.overwrite:
-            raise TimmCodedError(f'{self.out} already holds {", ".join(taken)}; use another --out or --overwrite')
+        self.check(list(names))
 
-    def commit(self, names: Sequence[str]) -> None:
-        if not self.out.exists():
-            os.replace(self.tmp, self.out)
-            return
-        self.check_free(names)
-        for name in names:
-            target = self.out / name
-            if target.exists():  # --overwrite: move the old one aside first, drop it after
-                old = self.tmp / f'.old-{name}'
-                os.replace(target, old)
-            os.replace(self.tmp / name, target)
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def discard(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        for folder in self._created:  # innermost first
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+    def commit(self, names: Optional[Sequence[str]] = None) -> Dict[str, List[str]]:  # type: ignore[override]
+        return super().commit()
 
 
 # --- extract -----------------------------------------------------------------------------------
@@ -157,10 +120,14 @@ def extract_binary_classifiers(
 def _export_for_hub(binary, folder: Path, args: Dict[str, Any], result, metrics: Dict[str, Any],
                     hub_card: Dict[str, Any]) -> None:
     from .binary import binary_architecture
-    from .hub import export_artifact
+    from .hub import _portable, export_artifact
 
     tag = hub_card['tag']
     measured = result.validation or result.calibration
+    # a card travels: the parent checkpoint by file name and sha256, the calibration data without local paths
+    checkpoint = metrics['parent_checkpoint']
+    if checkpoint is not None:
+        checkpoint = {'file': Path(checkpoint['path']).name, 'sha256': checkpoint['sha256']}
     card = {
         'repo_id': hub_card['repo_id'], 'tag': f'{tag}_{folder_name(result.class_name).lower()}',
         'kind': 'binary', 'class_index': result.class_index, 'class_name': result.class_name,
@@ -168,7 +135,7 @@ def _export_for_hub(binary, folder: Path, args: Dict[str, Any], result, metrics:
         'parent': f"{args['parent_architecture']}.{tag}",
         'metrics': {'precision': measured.precision, 'recall': measured.recall, 'f1': measured.f1},
         'split': 'val' if result.validation is not None else 'train',
-        'training': {'threshold_rule': metrics['threshold_rule'], 'parent_checkpoint': metrics['parent_checkpoint']},
+        'training': {'threshold_rule': _portable(metrics['threshold_rule']), 'parent_checkpoint': checkpoint},
     }
     if hub_card.get('dataset'):
         card['dataset'] = hub_card['dataset']

@@ -9,6 +9,10 @@ leaves a class half-published, and a re-run sends only what the remote does not 
 
 Each exported folder holds exactly: config.json (timm's format, plus our `timm_coded` block with
 kind, class, threshold, metrics and parent), model.safetensors and README.md (the model card).
+A card states only what is true where it is read: an export's card says it is not published and loads
+with `local-dir:`; `publish` checks every folder's weights first (`verify_export`) and uploads a card
+written for the repo and branch it lands on (parent located through the manifest or the same publish).
+Cards name local files by file name and sha256, never by path.
 `weights_manifest.json` (see `manifest.py`) records where each artifact was published, its commit, and
 the sha256 of every file; downloads are verified against it.
 """
@@ -22,7 +26,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -37,9 +41,9 @@ from .manifest import (
 
 __all__ = [
     'CONFIG_NAME', 'WEIGHTS_NAME', 'CARD_NAME', 'ARTIFACT_FILES', 'artifact_branch', 'sha256_file',
-    'git_blob_sha1', 'export_artifact', 'read_export', 'ExportedArtifact', 'RemoteFile', 'RemoteBranch',
-    'RemoteState', 'fetch_remote_state', 'ArtifactCommit', 'PublishPlan', 'plan_publish', 'apply_plan',
-    'publish', 'download_artifact', 'verify_files', 'load_artifact', 'load_binary_classifier',
+    'git_blob_sha1', 'export_artifact', 'read_export', 'verify_export', 'ExportedArtifact', 'RemoteFile',
+    'RemoteBranch', 'RemoteState', 'fetch_remote_state', 'ArtifactCommit', 'PublishPlan', 'plan_publish',
+    'apply_plan', 'publish', 'download_artifact', 'verify_files', 'load_artifact', 'load_binary_classifier',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -95,7 +99,7 @@ def artifact_branch(kind: str, class_name: Optional[str] = None) -> str:
 # ---------------------------------------------------------------------------------------------- export
 
 _CARD_KEYS = {
-    'repo_id': 'Hub repo the artifact will be published to (ORG/NAME); used in the card and checked by publish',
+    'repo_id': 'Hub repo the artifact is meant for (ORG/NAME); checked by publish; the card names it once published',
     'tag': 'timm pretrained tag, e.g. cifar10 or cifar10_cat',
     'kind': "'full' or 'binary' (default: 'binary' when class_index is given)",
     'class_index': 'binary: index of the class in the parent model',
@@ -103,7 +107,8 @@ _CARD_KEYS = {
     'threshold': 'binary: logit threshold (the one maximising F1 on training data)',
     'metrics': 'name -> number (top1, precision, recall, f1, ...)',
     'parameter_share': "binary: fraction of the parent's parameters kept (0..1]",
-    'parent': "binary: {'artifact': 'arch.tag', 'repo_id', 'revision', 'commit'} or the parent artifact name",
+    'parent': "binary: the parent artifact name 'arch.tag', or {'artifact', 'repo_id', 'revision', 'commit'} "
+              'when the parent is already published there',
     'dataset': 'training dataset name',
     'split': 'split the metrics were measured on',
     'epochs': 'training epochs',
@@ -184,10 +189,12 @@ def _normalise_card(card: Mapping[str, Any]) -> Dict[str, Any]:
         bad = sorted(set(parent) - {'artifact', 'repo_id', 'revision', 'commit'})
         if bad:
             raise TimmCodedError(f'unknown parent key(s) {bad}')
+        # where the parent is published only when the caller says so: `publish` looks it up (manifest,
+        # or the same publish) rather than assuming this repo's main branch holds it
         meta['parent'] = {
             'artifact': str(parent['artifact']),
-            'repo_id': parent.get('repo_id') or card['repo_id'],
-            'revision': parent.get('revision') or MAIN_BRANCH,
+            'repo_id': parent.get('repo_id') or None,
+            'revision': parent.get('revision') or (MAIN_BRANCH if parent.get('repo_id') else None),
             'commit': parent.get('commit'),
         }
     meta['license'] = card.get('license') or 'apache-2.0'
@@ -218,9 +225,58 @@ def _check_rebuilds(model, architecture: str, model_args: Mapping[str, Any]) -> 
             f'unexpected {unexpected}, shape differences {shapes}')
 
 
-def _card_text(architecture: str, meta: Mapping[str, Any], num_params: int) -> ModelCard:
+# Absolute local paths ('/tmp/run/train', '~/data', 'C:\data') in free text: a card names only their last part.
+_LOCAL_PATH_RE = re.compile(r'(?<![\w.~/:\\-])(?:~|[A-Za-z]:)?[/\\][^\s\'"`,;()|]*')
+
+
+def _portable(text: str) -> str:
+    """`text` with every absolute local path replaced by its last component (a card travels; paths don't)."""
+    def last_part(m: 're.Match[str]') -> str:
+        parts = [p for p in re.split(r'[/\\]', m.group(0)) if p and p != '~' and not p.endswith(':')]
+        return parts[-1] if parts else m.group(0)
+    return _LOCAL_PATH_RE.sub(last_part, text)
+
+
+def _fact_value(value: Any) -> str:
+    """A table cell for a metadata value: readable markdown, never a Python repr or a local path."""
+    if isinstance(value, Mapping):
+        if set(value) <= {'file', 'path', 'sha256'} and value.get('sha256'):
+            name = Path(str(value.get('file') or value.get('path') or '')).name
+            return (f'`{name}` ' if name else '') + f"(sha256 `{value['sha256']}`)"
+        return '; '.join(f'{k}: {_fact_value(v)}' for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ', '.join(_fact_value(v) for v in value)
+    if value is None:
+        return 'none'
+    return _portable(str(value)).replace('|', '\\|').replace('\n', ' ')
+
+
+@dataclass(frozen=True)
+class CardLocation:
+    """Where a card says an artifact is: `repo_id`@`revision` (commit) on the Hub, or in the package."""
+    repo_id: Optional[str] = None
+    revision: Optional[str] = None
+    commit: Optional[str] = None
+    package: bool = False
+
+    def describe(self) -> str:
+        if self.package:
+            return 'shipped inside the timm-coded package'
+        text = f'published: `{self.repo_id}` at revision `{self.revision or MAIN_BRANCH}`'
+        return text + (f', commit `{self.commit}`' if self.commit else '')
+
+
+def _card_text(
+        architecture: str,
+        meta: Mapping[str, Any],
+        num_params: int,
+        published: Optional[CardLocation] = None,
+        parent_location: Optional[CardLocation] = None,
+) -> ModelCard:
+    """The model card. `published`: the Hub repo and branch the card is uploaded to (None: a local export,
+    and the card says it is not published). `parent_location`: where the parent is published, when known
+    (the manifest, or the same publish); without it the parent is named by its artifact name only."""
     name = f"{architecture}.{meta['tag']}"
-    repo_id, revision = meta['repo_id'], meta['revision']
     metrics = meta['metrics']
     training = meta['training']
     dataset = training.get('dataset')
@@ -244,15 +300,22 @@ def _card_text(architecture: str, meta: Mapping[str, Any], num_params: int) -> M
 
     lines = [f'# {name}', '']
     if meta['description']:
-        lines += [meta['description'], '']
+        lines += [_portable(meta['description']), '']
+    if published is not None:
+        lines += [f'Published on the Hugging Face Hub: `{published.repo_id}` at revision `{published.revision}`.', '']
+    else:
+        lines += ['**Not published**: this card belongs to a local export; nothing of it is on the Hugging Face Hub '
+                  '(`timm-coded publish` uploads it, with a card that says where).', '']
     if kind == 'binary':
         b, parent = meta['binary'], meta['parent']
-        parent_ref = f"`{parent['repo_id']}` at revision `{parent['revision']}`"
-        if parent.get('commit'):
-            parent_ref += f" (commit `{parent['commit']}`)"
+        if parent_location is None and parent.get('repo_id'):  # a location the exporter gave explicitly
+            parent_location = CardLocation(parent['repo_id'], parent.get('revision'), parent.get('commit'))
+        parent_ref = f"`{parent['artifact']}`"
+        if parent_location is not None:
+            parent_ref += f' ({parent_location.describe()})'
         lines += [
             f"Binary classifier for class **{b['class_name']}** (index {b['class_index']}), sliced without "
-            f"retraining from the Coded ResNeXt `{parent['artifact']}`: {parent_ref}. It keeps, in every coded "
+            f"retraining from the Coded ResNeXt {parent_ref}. It keeps, in every coded "
             'block, only the subNNs whose codeword digit for this class is 1, and one row of the classifier.',
             '',
             f"Decision: the sample is **{b['class_name']}** when the output logit is at least "
@@ -260,24 +323,28 @@ def _card_text(architecture: str, meta: Mapping[str, Any], num_params: int) -> M
             '',
         ]
     else:
+        where = f' of `{published.repo_id}`' if published is not None and published.repo_id else ''
         lines += [
             'Coded ResNeXt (Avranas & Kountouris, arXiv 2202.05343): a ResNeXt whose coded blocks route each '
             "class through its own subset of subNNs, so that per-class binary classifiers can be sliced "
             f'from it and intermediate blocks can predict early. Binary classifiers, when published, live on '
-            f"the `binary-<class>` branches of `{repo_id}`.",
+            f"the `binary-<class>` branches{where or ' of the repository that holds this model'}.",
             '',
         ]
     facts = [('parameters', f'{num_params:,}')]
     if 'parameter_share' in metrics:
         facts.append(('share of the parent\'s parameters', f"{100 * metrics['parameter_share']:.1f} %"))
     facts += [(k, f'{v:.4g}') for k, v in metrics.items() if k != 'parameter_share']
-    facts += [(k, str(v)) for k, v in training.items()]
+    facts += [(k.replace('_', ' '), _fact_value(v)) for k, v in training.items()]
     lines += ['| | |', '|---|---|'] + [f'| {k} | {v} |' for k, v in facts] + ['']
-    lines += [
-        '## Use', '', '```python',
-        'import timm, timm_coded  # timm_coded registers the coded architectures',
-        f"model = timm.create_model('hf-hub:{repo_id}@{revision}', pretrained=True).eval()",
-        '```', '']
+    lines += ['## Use', '', '```python', 'import timm, timm_coded  # timm_coded registers the coded architectures']
+    if published is not None and published.repo_id:
+        hub_id = f'{published.repo_id}@{published.revision}'
+        lines.append(f"model = timm.create_model('hf-hub:{hub_id}', pretrained=True).eval()")
+    else:
+        lines += ['# <folder>: the folder that holds this README.md, config.json and model.safetensors',
+                  "model = timm.create_model('local-dir:<folder>', pretrained=True).eval()"]
+    lines += ['```', '']
     content = f'---\n{data.to_yaml()}\n---\n\n' + '\n'.join(lines)
     return ModelCard(content)
 
@@ -370,15 +437,24 @@ def export_artifact(
 @dataclass(frozen=True)
 class LocalFile:
     path: str
-    local_path: Path
+    local_path: Optional[Path]  # None: the content is `data` (a model card rendered for the Hub)
     size: int
     sha256: str
     blob_id: str  # git sha1, to compare with non-LFS files on the Hub
+    data: Optional[bytes] = field(default=None, repr=False, compare=False)
 
     @classmethod
     def of(cls, folder: Path, name: str) -> 'LocalFile':
         p = folder / name
         return cls(name, p, p.stat().st_size, sha256_file(p), git_blob_sha1(p))
+
+    @classmethod
+    def from_bytes(cls, name: str, data: bytes) -> 'LocalFile':
+        blob_id = hashlib.sha1(b'blob %d\0' % len(data) + data).hexdigest()
+        return cls(name, None, len(data), hashlib.sha256(data).hexdigest(), blob_id, data)
+
+    def read_bytes(self) -> bytes:
+        return self.data if self.data is not None else self.local_path.read_bytes()
 
     def record(self) -> ArtifactFile:
         return ArtifactFile(self.path, self.sha256, self.size)
@@ -449,6 +525,56 @@ def read_export(folder: PathLike) -> ExportedArtifact:
     return ExportedArtifact(folder, config, meta, files)
 
 
+def verify_export(export: Union[ExportedArtifact, PathLike]):
+    """Check that an exported folder holds a working model before it is published or shipped.
+
+    model.safetensors must parse (safetensors header and data), config.json must rebuild a timm model
+    (as `timm.create_model('local-dir:FOLDER')` or `hf-hub:` will), and the weights must load into it
+    strictly, as floating-point, finite values. Raises IntegrityError (unreadable file) or
+    CheckpointMismatchError (weights that do not belong to that model), one line naming the file.
+    Returns the rebuilt model with the weights loaded.
+    """
+    import timm
+    from safetensors import SafetensorError, safe_open
+
+    from .binary import check_state_dict, check_weight_values
+
+    if not isinstance(export, ExportedArtifact):
+        export = read_export(export)
+    weights = export.folder / WEIGHTS_NAME
+    if weights.stat().st_size == 0:
+        raise IntegrityError(f'{weights} is empty (0 bytes): refusing it')
+    try:
+        with safe_open(str(weights), framework='pt', device='cpu') as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise IntegrityError(f'{weights} is not a valid safetensors file ({_one_line(e)}): refusing it') from None
+    if not state:
+        raise IntegrityError(f'{weights} holds no tensors: refusing it')
+
+    architecture = export.config.get('architecture')
+    config = export.folder / CONFIG_NAME
+    if not isinstance(architecture, str) or not timm.is_model(architecture):
+        raise CheckpointMismatchError(
+            f'{config} names architecture {architecture!r}, which is not registered with timm '
+            '(import the module that registers it)')
+    try:  # exactly what a load of this folder builds (config.json's architecture, model_args, num_classes)
+        model = timm.create_model(f'local-dir:{export.folder}', pretrained=False)
+    except (TimmCodedError, TypeError, ValueError, RuntimeError, KeyError) as e:
+        raise CheckpointMismatchError(f'{config}: timm cannot build {architecture} from it: {_one_line(e)}') from None
+    check_state_dict(model, state, str(weights), model_name=f'{architecture} (named by config.json)')
+    check_weight_values(model, state, str(weights))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointMismatchError(f'{weights} does not load into {architecture}: {_one_line(e)}') from None
+    return model.eval()
+
+
+def _one_line(error: BaseException) -> str:
+    return ' '.join(str(error).split()) or type(error).__name__
+
+
 def ship_in_package(
         folders: Sequence[PathLike],
         subdir: str = 'weights',
@@ -460,6 +586,8 @@ def ship_in_package(
     from .manifest import PACKAGE_DIR
 
     exports = [read_export(f) for f in folders]
+    for export in exports:
+        verify_export(export)
     artifacts = []
     for export in exports:
         relative = f'{subdir}/{export.name}'
@@ -504,10 +632,30 @@ class RemoteBranch:
 
 @dataclass(frozen=True)
 class RemoteState:
-    """What a Hub repo holds now: its branches, their head commits and files. `exists=False`: no repo."""
+    """What a Hub repo holds now: its branches, their head commits and files. `exists=False`: no repo.
+    `known=False`: the Hub could not be asked (offline); a dry run then plans as if the repo were new."""
     repo_id: str
     exists: bool = False
     branches: Mapping[str, RemoteBranch] = field(default_factory=dict)
+    known: bool = True
+
+
+def unreachable_errors() -> tuple:
+    """Exceptions meaning the Hub could not be asked at all (offline mode, no network), whichever
+    HTTP client huggingface_hub uses."""
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    errors = [OfflineModeIsEnabled, ConnectionError, TimeoutError]
+    for module, name in (('httpx2', 'TransportError'), ('httpx', 'TransportError'), ('requests', 'ConnectionError'),
+                         ('requests', 'Timeout')):
+        try:
+            errors.append(getattr(__import__(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
+_UNREACHABLE = unreachable_errors()
 
 
 def fetch_remote_state(repo_id: str, api: Optional[HfApi] = None, token: Optional[str] = None) -> RemoteState:
@@ -562,9 +710,11 @@ class ArtifactCommit:
             f'commit_message={self.commit_message!r})')
         for op in self.operations:
             if isinstance(op, CommitOperationAdd):
+                source = ('the model card written for this repo and branch' if isinstance(op.path_or_fileobj, bytes)
+                          else str(op.path_or_fileobj))
                 lines.append(
                     f'    CommitOperationAdd(path_in_repo={op.path_in_repo!r}, size={op.upload_info.size}, '
-                    f'sha256={op.upload_info.sha256.hex()}, from={str(op.path_or_fileobj)!r})')
+                    f'sha256={op.upload_info.sha256.hex()}, from={source!r})')
             else:
                 lines.append(f'    CommitOperationDelete(path_in_repo={op.path_in_repo!r})')
         return lines
@@ -576,6 +726,7 @@ class PublishPlan:
     create_repo: bool
     private: bool
     commits: List[ArtifactCommit]
+    remote_known: bool = True
 
     @property
     def up_to_date(self) -> bool:
@@ -584,6 +735,9 @@ class PublishPlan:
     def describe(self) -> str:
         lines = [f'repo {self.repo_id}: ' + (
             f'create_repo(private={self.private})' if self.create_repo else 'exists')]
+        if not self.remote_known:
+            lines.append('remote state unknown (offline or the Hub unreachable): planned as if the repo did not '
+                         'exist yet; a real run reads the repo first and sends only what is missing')
         for i, c in enumerate(self.commits, 1):
             sub = c.describe()
             lines.append(f'[{i}/{len(self.commits)}] {sub[0]}')
@@ -602,9 +756,66 @@ def _commit_text(export: ExportedArtifact) -> Tuple[str, str]:
 
 
 def _add_operation(local: LocalFile) -> CommitOperationAdd:
-    op = CommitOperationAdd(path_in_repo=local.path, path_or_fileobj=str(local.local_path))
+    source = local.data if local.data is not None else str(local.local_path)
+    op = CommitOperationAdd(path_in_repo=local.path, path_or_fileobj=source)
     op.upload_info.sha256 = bytes.fromhex(local.sha256)  # hashed once already; the Hub re-checks on upload
     return op
+
+
+def _checked_exports(folders: Iterable[PathLike], repo_id: str, manifest: Optional[Manifest]) -> List[ExportedArtifact]:
+    """Read the folders and refuse anything that must not be published, before any request is made:
+    a folder exported for another repo, two artifacts for one branch, an unknown parent, and weights
+    that do not parse or load strictly into the model config.json describes (`verify_export`).
+    Returns the artifacts as they will be uploaded: each with the model card written for `repo_id`."""
+    if not _REPO_ID_RE.match(repo_id):
+        raise TimmCodedError(f"repo id {repo_id!r} is not 'ORG/NAME'")
+    exports = [read_export(f) for f in folders]
+    if not exports:
+        raise TimmCodedError('nothing to publish: no artifact folders given')
+    for e in exports:
+        if e.meta['repo_id'] != repo_id:
+            raise TimmCodedError(
+                f"{e.folder} was exported for {e.meta['repo_id']}, not {repo_id} (its config.json names that "
+                'repo); export it again with the right repo_id')
+    by_branch: Dict[str, ExportedArtifact] = {}
+    for e in exports:
+        if e.branch in by_branch:
+            raise TimmCodedError(f'{by_branch[e.branch].folder} and {e.folder} would both publish to branch {e.branch}')
+        by_branch[e.branch] = e
+    batch = {e.name: e for e in exports}
+    manifest = load_manifest() if manifest is None else manifest
+    known = set(manifest.names)
+    for e in exports:
+        parent = (e.meta.get('parent') or {}).get('artifact')
+        if parent and parent not in batch and parent not in known:
+            raise TimmCodedError(
+                f'{e.name} names parent {parent!r}, which is neither in the weights manifest nor being published')
+    num_params = {}
+    for e in exports:  # every file checked before anything is planned
+        model = verify_export(e)
+        num_params[e.folder] = sum(p.numel() for p in model.parameters())
+        del model
+
+    def parent_location(e: ExportedArtifact) -> Optional[CardLocation]:
+        parent = (e.meta.get('parent') or {}).get('artifact')
+        if not parent:
+            return None
+        if parent in batch:  # published by this same plan
+            return CardLocation(repo_id, batch[parent].branch)
+        location = manifest.get(parent).location
+        if isinstance(location, HubLocation):
+            return CardLocation(location.repo_id, location.revision, location.commit)
+        return CardLocation(package=True)
+
+    views = []
+    for e in exports:
+        card = _card_text(e.architecture, e.meta, num_params[e.folder],
+                          published=CardLocation(repo_id, e.branch), parent_location=parent_location(e))
+        data = str(card).encode('utf-8')  # exactly what ModelCard.save writes
+        files = tuple(LocalFile.from_bytes(CARD_NAME, data) if f.path == CARD_NAME else f for f in e.files)
+        views.append(replace(e, files=files))
+    views.sort(key=lambda e: (e.branch != MAIN_BRANCH, e.branch))
+    return views
 
 
 def plan_publish(
@@ -618,35 +829,20 @@ def plan_publish(
     """The exact commits that publishing `folders` to `repo_id` would make, given the remote's state.
 
     No network: `remote` comes from `fetch_remote_state` (None: the repo does not exist yet); `manifest`
-    (default: the package's) says which parent artifacts are already published. Files the
-    branch already holds with the same content are not sent; files the branch holds that the artifact
-    does not have are deleted, so each branch holds exactly its artifact. The full model (on `main`)
-    comes first, since binary branches are created from `main`.
+    (default: the package's) says which parent artifacts are already published. Every folder is checked
+    first (`verify_export`: weights that parse and load strictly into the model config.json describes);
+    a bad one is refused before anything is planned. config.json and model.safetensors are sent as they
+    are; README.md is the model card written for `repo_id` and the branch (the export's own card says it
+    is not published). Files the branch already holds with the same content are not sent; files the
+    branch holds that the artifact does not have are deleted, so each branch holds exactly its artifact.
+    The full model (on `main`) comes first, since binary branches are created from `main`.
     """
-    if not _REPO_ID_RE.match(repo_id):
-        raise TimmCodedError(f"repo id {repo_id!r} is not 'ORG/NAME'")
+    return _plan(_checked_exports(folders, repo_id, manifest), repo_id, remote, private)
+
+
+def _plan(exports: List[ExportedArtifact], repo_id: str, remote: Optional[RemoteState], private: bool) -> PublishPlan:
     remote = remote or RemoteState(repo_id, exists=False)
-    exports = [read_export(f) for f in folders]
-    if not exports:
-        raise TimmCodedError('nothing to publish: no artifact folders given')
-    for e in exports:
-        if e.meta['repo_id'] != repo_id:
-            raise TimmCodedError(
-                f"{e.folder} was exported for {e.meta['repo_id']}, not {repo_id} (its card and load snippet "
-                'name that repo); export it again with the right repo_id')
-    by_branch: Dict[str, ExportedArtifact] = {}
-    for e in exports:
-        if e.branch in by_branch:
-            raise TimmCodedError(f'{by_branch[e.branch].folder} and {e.folder} would both publish to branch {e.branch}')
-        by_branch[e.branch] = e
-    names = {e.name for e in exports}
-    known = set((load_manifest() if manifest is None else manifest).names)
-    for e in exports:
-        parent = (e.meta.get('parent') or {}).get('artifact')
-        if parent and parent not in names and parent not in known:
-            raise TimmCodedError(
-                f'{e.name} names parent {parent!r}, which is neither in the weights manifest nor being published')
-    exports.sort(key=lambda e: (e.branch != MAIN_BRANCH, e.branch))
+    by_branch = {e.branch: e for e in exports}
 
     # state of main once this plan's own main commit (if any) has landed: new branches start from it
     main_files: Dict[str, RemoteFile] = dict(remote.branches[MAIN_BRANCH].files) if MAIN_BRANCH in remote.branches else {}
@@ -734,8 +930,15 @@ def publish(
     folders = list(folders)
     manifest_file = Path(manifest_path) if manifest_path is not None else None
     manifest = load_manifest(manifest_file) if manifest_file is None or manifest_file.exists() else Manifest()
-    remote = fetch_remote_state(repo_id, api, token=token)
-    plan = plan_publish(folders, repo_id, remote, private=private, manifest=manifest)
+    exports = _checked_exports(folders, repo_id, manifest)  # refuses bad folders before any request
+    try:
+        remote = fetch_remote_state(repo_id, api, token=token)
+    except _UNREACHABLE:
+        if not dry_run:
+            raise
+        remote = RemoteState(repo_id, exists=False, known=False)  # a dry run still shows what would be sent
+    plan = _plan(exports, repo_id, remote, private)
+    plan.remote_known = remote.known
     if dry_run:
         return PublishResult(plan, [])
     return PublishResult(plan, apply_plan(plan, api, manifest_path=manifest_path, token=token))

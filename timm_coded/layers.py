@@ -124,6 +124,15 @@ class CodedBottleneck(nn.Module):
             codewords = torch.zeros(0, num_subnns)
         self.register_buffer('codewords', codewords.to(device=device, dtype=torch.float32), persistent=False)
 
+    def init_conv3_as_grouped(self) -> None:
+        # The authors' coded block computes conv3 as a grouped conv with N*C outputs (one C-channel
+        # output per subNN); Kaiming fan-out init of that conv has std sqrt(2 / (N*C)), sqrt(N)
+        # smaller than the dense conv's sqrt(2 / C). The forward pass does not care (energy
+        # normalisation), but the start of training does: gradients and weight decay act on
+        # weights of this scale.
+        std = (2. / (self.num_subnns * self.conv3.out_channels)) ** 0.5
+        nn.init.normal_(self.conv3.weight, mean=0., std=std)
+
     def zero_init_last(self) -> None:
         # The paper zero-initialises the last BN's gamma (as timm does for ResNets).
         nn.init.zeros_(self.bn3.weight)

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
+from ._io import umask_mode
 from .errors import ManifestError
 
 __all__ = [
@@ -447,7 +448,7 @@ def save_manifest(manifest: Manifest, path: Optional[Union[str, Path]] = None) -
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, umask_mode())  # mkstemp makes 0600; give what a plain open() would have
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..errors import TimmCodedError
-from ..plots import PLOT_NAMES
-from ..extraction import AtomicOutput
+from .common import resolve_device
 from .extract import add_model_arguments, eval_loader, load_model
 
 _HELP = 'evaluate a checkpoint: accuracy, early decoding, binary classifiers, specialization, early exit'
@@ -46,10 +46,12 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from ..data import image_folder_for_ood, load_samples
     from ..evaluation import evaluate
-    from ..plots import save_report_plots
+    from ..extraction import AtomicOutput
+    from ..plots import PLOT_NAMES, save_report_plots
 
     if args.draws < 0:
         raise TimmCodedError(f'--draws must be >= 0, got {args.draws}')
+    args.device = resolve_device(args.device)  # before --out is staged and the model built
     output = None
     if args.out is not None:
         output = AtomicOutput(args.out, overwrite=args.overwrite)
@@ -72,7 +74,7 @@ def run(args) -> int:
         report = evaluate(
             model, eval_loader(model, val, None, args), calibration, ood, classes=args.classes,
             model_name=args.model, specialization_block=args.block, specialization_draws=args.draws,
-            binary=not args.no_binary, seed=args.seed, progress=True)
+            binary=not args.no_binary, seed=args.seed, progress=sys.stderr.isatty())  # bars on a terminal, not in logs
         data = report.to_dict()
         print('\n'.join(report.summary_lines()))
         if output is not None:

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any, List, Optional, Tuple
 
 from ..errors import DataError, TimmCodedError
-from ..extraction import extract_binary_classifiers
+from .common import non_negative_int, positive_int, resolve_device
 
 # timm's names of a validation split folder (timm.data.dataset_factory)
 _VAL_FOLDERS = ('val', 'valid', 'validation', 'eval', 'evaluation')
@@ -35,15 +36,13 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help='weights: .safetensors, or a torch checkpoint (timm train.py format accepted)')
     p.add_argument('--model', required=True, metavar='NAME', help='timm model name, e.g. coded_resnext29_10x11d')
     p.add_argument('--use-ema', action='store_true', help="use the checkpoint's EMA weights (state_dict_ema)")
-    p.add_argument('--batch-size', type=int, default=128, help='evaluation batch size (default 128)')
-    p.add_argument('--workers', type=int, default=0, help='data loader worker processes (default 0)')
+    p.add_argument('--batch-size', type=positive_int, default=128, help='evaluation batch size (default 128)')
+    p.add_argument('--workers', type=non_negative_int, default=0, help='data loader worker processes (default 0)')
     p.add_argument('--device', default=None, help='torch device (default: cuda if available, else cpu)')
     p.add_argument('--seed', type=int, default=0, help='seed of the negative sampling (default 0)')
 
 
 def load_model(args) -> Any:
-    import torch
-
     from ..binary import load_checkpoint
     from ..coded_resnext import CodedResNeXt
     from ..errors import NotCodedError
@@ -51,11 +50,11 @@ def load_model(args) -> Any:
 
     if args.batch_size < 1:
         raise TimmCodedError(f'--batch-size must be positive, got {args.batch_size}')
+    device = resolve_device(args.device)  # before the model is built
     model = load_checkpoint(args.model, args.checkpoint, use_ema=args.use_ema)
     if not isinstance(model, CodedResNeXt) or not coded_blocks(model):
         raise NotCodedError(f'{args.model} has no coded block (an uncoded/control model): it has no class paths '
                             'to slice or decode')
-    device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
     return model.to(device).eval()
 
 
@@ -103,6 +102,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from ..data import CIFAR10_CLASSES, sample_data_dir
+    from ..extraction import extract_binary_classifiers
 
     if bool(args.repo) != bool(args.tag):
         raise TimmCodedError('--repo and --tag go together (Hub-ready folders need both)')
@@ -119,7 +119,7 @@ def run(args) -> int:
     folders = extract_binary_classifiers(
         model, args.classes, args.out, calibration, validation, checkpoint=args.checkpoint,
         calibration_source=source, notes=notes, seed=args.seed, overwrite=args.overwrite, hub_card=hub_card,
-        progress=True)
+        progress=sys.stderr.isatty())  # bars on a terminal, not in logs
     for folder in folders:
         metrics_file = folder / 'metrics.json'
         if metrics_file.exists():

@@ -93,9 +93,53 @@ def _export_binaries(model, args, export_dir: Path) -> List[Path]:
         hub_card={'repo_id': args.repo, 'tag': args.tag, 'dataset': args.dataset})
 
 
-def run(args) -> int:
-    from ..hub import publish
+_OFFLINE = ('offline mode is on (HF_HUB_OFFLINE), but publishing needs network access to the Hugging Face Hub; '
+            '--dry-run plans offline')
 
+
+def _check_repo_id(repo_id: str) -> None:
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise TimmCodedError(f'--repo {repo_id!r} is not a valid Hub repo id: {" ".join(str(e).split())}') from None
+    if repo_id.count('/') != 1:
+        raise TimmCodedError(f'--repo {repo_id!r} is not a valid Hub repo id: expected ORG/NAME')
+
+
+def _publish(args, folders: List[Path]):
+    """hub.publish, with offline mode, an unreachable Hub and refusals by the Hub as one-line errors."""
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
+
+    from ..hub import publish, unreachable_errors
+
+    try:
+        return publish(folders, args.repo, private=args.private, dry_run=args.dry_run, manifest_path=args.manifest,
+                       token=args.token)
+    except BrokenPipeError:
+        raise  # our stdout, not the network (cli.main handles it)
+    except OfflineModeIsEnabled:
+        raise TimmCodedError(_OFFLINE) from None
+    except HFValidationError as e:
+        raise TimmCodedError(f'invalid Hub argument: {" ".join(str(e).split())}') from None
+    except HfHubHTTPError as e:  # 401 (token), 403 (no write access), 5xx, ...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise TimmCodedError(f'the Hugging Face Hub refused the request for {args.repo}: {first}') from None
+    except unreachable_errors() as e:
+        detail = ' '.join(str(e).split()) or 'no response'
+        raise TimmCodedError(f'cannot reach the Hugging Face Hub ({type(e).__name__}: {detail}): publishing needs '
+                             'network access; --dry-run plans offline') from None
+
+
+def run(args) -> int:
+    from huggingface_hub import constants
+
+    _check_repo_id(args.repo)
+    offline = getattr(constants, 'is_offline_mode', lambda: constants.HF_HUB_OFFLINE)()
+    if offline and not args.dry_run:  # say so before a checkpoint is exported
+        raise TimmCodedError(_OFFLINE)
     sources = [Path(s) for s in args.sources]
     for s in sources:
         if not s.exists():
@@ -112,9 +156,7 @@ def run(args) -> int:
     else:
         raise TimmCodedError('give either exported artifact folders or exactly one checkpoint file')
     try:
-        result = publish(
-            folders, args.repo, private=args.private, dry_run=args.dry_run, manifest_path=args.manifest,
-            token=args.token)
+        result = _publish(args, folders)
     finally:
         if tmp is not None:
             tmp.cleanup()

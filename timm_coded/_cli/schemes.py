@@ -34,6 +34,7 @@ def register(subparsers) -> None:
                           help='text file with one class name per line, in row order')
     generate.add_argument('--name', default=None, help='name stored in the table')
     generate.add_argument('--out', type=Path, default=None, metavar='FILE', help='write the JSON table here')
+    generate.add_argument('--overwrite', action='store_true', help='replace --out if it exists')
     generate.set_defaults(func=_generate)
 
     show = actions.add_parser('show', help='print a built-in or saved scheme with its metrics',
@@ -57,7 +58,22 @@ def _metrics(scheme: CodingScheme) -> str:
     return f'H_min={scheme.min_distance} S_min={s_min} S_max={s_max}'
 
 
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an --out that cannot or should not be written, before the search runs."""
+    if out.is_dir():
+        raise SchemeError(f'--out {out} is a folder; give the path of the JSON file to write')
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise SchemeError(f'--out {out} already exists; pass --overwrite to replace it')
+    parent = out.absolute().parent
+    if not parent.is_dir():
+        what = 'is not a folder' if parent.exists() else 'does not exist'
+        raise SchemeError(f'cannot write --out {out}: No such file or directory ({parent} {what})')
+
+
 def _generate(args: argparse.Namespace) -> int:
+    if args.out is not None:
+        _check_out(args.out, args.overwrite)
     class_names = _read_class_names(args.class_names) if args.class_names is not None else None
     started = time.perf_counter()
     scheme = generate_scheme(args.classes, args.subnns, args.active, min_distance=args.min_distance,
@@ -79,7 +95,10 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    scheme = load_scheme(args.scheme)
+    try:
+        scheme = load_scheme(args.scheme)
+    except UnicodeDecodeError:  # an image, a checkpoint, random bytes, ...
+        raise SchemeError(f'{args.scheme} is not a coding scheme JSON file (it is not text)') from None
     title = scheme.name or args.scheme
     print(f'{title}: K={scheme.num_classes} N={scheme.num_subnns} N_act={scheme.num_active} {_metrics(scheme)}')
     if scheme.source:

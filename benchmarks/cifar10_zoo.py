@@ -1,0 +1,100 @@
+"""Train a zoo model on CIFAR-10 on the CPU fast path: one variant (coded or its uncoded control).
+
+45,000 training images (CIFAR-10's train JPEGs minus the last 500 of each class, which are the
+held-out split every number is measured on). The recipe (see benchmarks/RESULTS.md for why):
+images decoded once into a uint8 tensor and augmented in torch (pad 4 + crop, flip), channels_last
++ bf16 autocast (energies and coding loss stay float32), SGD Nesterov with a short linear warm-up
+and cosine decay, label smoothing, an EMA of the weights, and flip test-time augmentation. After
+every epoch the checkpoint (safetensors) and history.json are rewritten atomically, so an
+interrupted run leaves its completed epochs behind.
+
+    python benchmarks/cifar10_zoo.py --data-dir /tmp/cifar10/train --out runs/zoo/coded --epochs 18
+    python benchmarks/cifar10_zoo.py --data-dir /tmp/cifar10/train --out runs/zoo/control --epochs 18 --control
+
+`--arch-kwargs` overrides architecture arguments (the size sweep); `--max-minutes` stops after that
+much training time (the sweep's equal-time comparison; the schedule still spans `--epochs`).
+"""
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--data-dir', required=True)
+    parser.add_argument('--out', required=True)
+    parser.add_argument('--model', default='coded_resnext26_10x4d')
+    parser.add_argument('--arch-kwargs', default='{}', help='JSON dict of architecture overrides')
+    parser.add_argument('--control', action='store_true', help='the uncoded control (coded=False)')
+    parser.add_argument('--epochs', type=int, default=18)
+    parser.add_argument('--batch-size', type=int, default=256)
+    parser.add_argument('--lr', type=float, default=0.2)
+    parser.add_argument('--weight-decay', type=float, default=5e-4)
+    parser.add_argument('--warmup-epochs', type=int, default=1)
+    parser.add_argument('--label-smoothing', type=float, default=0.2)
+    parser.add_argument('--ema-decay', type=float, default=0.999)
+    parser.add_argument('--amp-dtype', default='auto')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--max-minutes', type=float, default=0.)
+    args = parser.parse_args()
+
+    import torch
+    import timm
+    from safetensors.torch import save_file
+
+    import timm_coded  # noqa: F401
+    from timm_coded.data import CIFAR10_MEAN, CIFAR10_STD, holdout_split
+    from timm_coded.tensor_data import TensorBatchLoader, decode_images
+    from timm_coded.trainer import TrainConfig, train_model
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model_kwargs = dict(json.loads(args.arch_kwargs), **({'coded': False} if args.control else {}))
+    model = timm.create_model(args.model, **model_kwargs)
+
+    start = time.perf_counter()
+    train_samples, val_samples = holdout_split(args.data_dir, per_class=500)
+    train_x, train_y = decode_images(train_samples, 32)
+    val_x, val_y = decode_images(val_samples, 32)
+    decode_s = time.perf_counter() - start
+    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
+                      warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
+                      amp_dtype=args.amp_dtype, ema_decay=args.ema_decay, flip_tta=True)
+    from timm_coded.trainer import resolve_amp_dtype
+    channels_last = resolve_amp_dtype(args.amp_dtype, torch.device('cpu')) is not None
+    train_loader = TensorBatchLoader(train_x, train_y, args.batch_size, train=True, mean=CIFAR10_MEAN,
+                                     std=CIFAR10_STD, seed=args.seed, channels_last=channels_last)
+    val_loader = TensorBatchLoader(val_x, val_y, 500, train=False, mean=CIFAR10_MEAN, std=CIFAR10_STD)
+    history = []
+    began = time.perf_counter()
+
+    def on_epoch(stats, weights) -> bool:
+        history.append(stats.__dict__)
+        state = {k: v.detach().contiguous() for k, v in weights.state_dict().items()}
+        save_file(state, str(out / '.model.safetensors.tmp'), metadata={'format': 'pt'})
+        os.replace(out / '.model.safetensors.tmp', out / 'model.safetensors')
+        record = {
+            'model': args.model, 'model_kwargs': model_kwargs, 'args': vars(args), 'train_config': cfg.__dict__,
+            'params': sum(p.numel() for p in model.parameters()), 'train_images': len(train_y),
+            'val_images': len(val_y), 'decode_seconds': round(decode_s, 1), 'torch': torch.__version__,
+            'split': 'CIFAR-10 train JPEGs; held out = last 500 per class (sorted names), '
+                     'val_accuracy = EMA weights, flip TTA, on the held-out 5,000',
+            'history': history}
+        (out / '.history.json.tmp').write_text(json.dumps(record, indent=1))
+        os.replace(out / '.history.json.tmp', out / 'history.json')
+        images_per_s = len(train_y) // args.batch_size * args.batch_size / stats.seconds
+        print(f'epoch {stats.epoch}: loss {stats.loss:.3f} code {stats.coding_loss:.3f} '
+              f'train {stats.train_accuracy:.3f} val {stats.val_accuracy:.4f} {stats.seconds:.0f}s '
+              f'({images_per_s:.0f} img/s)', flush=True)
+        return bool(args.max_minutes) and time.perf_counter() - began > args.max_minutes * 60
+
+    train_model(model, train_loader, cfg, val_loader, progress=False, on_epoch=on_epoch)
+
+
+if __name__ == '__main__':
+    main()
