@@ -50,7 +50,7 @@ def train_one(args) -> None:
     val_loader = make_loader(val_samples, model_or_data_config=model, train=False, batch_size=500)
     history = []
 
-    def on_epoch(stats):
+    def on_epoch(stats, _weights):
         history.append(stats.__dict__)
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / 'model.safetensors.tmp'))
         (out / 'model.safetensors.tmp').replace(out / 'model.safetensors')

