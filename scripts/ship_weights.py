@@ -43,6 +43,8 @@ def main() -> None:
     p.add_argument('--repo', default=None, help='the Hub repo they are meant for (default timm-coded/<arch>-<tag>); '
                                                'the cards say "not published" until `timm-coded publish` ran')
     p.add_argument('--calibration-per-class', type=int, default=500)
+    p.add_argument('--holdout-per-class', type=int, default=500, help='the held-out split: last N images per class')
+    p.add_argument('--specialization-draws', type=int, default=3)
     p.add_argument('--report-dir', type=Path, required=True, help='where report.json and the figures go')
     p.add_argument('--description', default='')
     args = p.parse_args()
@@ -50,14 +52,14 @@ def main() -> None:
     history = json.loads((args.run / 'history.json').read_text())
     arch = history['model']
     model = load_checkpoint(arch, args.run / 'model.safetensors').eval()
-    train, val = holdout_split(args.data_dir, per_class=500, expected_classes=model.class_names)
+    train, val = holdout_split(args.data_dir, per_class=args.holdout_per_class, expected_classes=model.class_names)
     calibration = _first_per_class(train, args.calibration_per_class)
     loader_args = dict(model_or_data_config=model, train=False, batch_size=250, expected_classes=model.class_names)
     calibration_loader = make_loader(calibration, **loader_args)
     validation_loader = make_loader(val, **loader_args)
 
     report = evaluate(model, validation_loader, calibration_loader=calibration_loader, model_name=arch,
-                      progress=False)
+                      specialization_draws=args.specialization_draws, progress=False)
     report_dict = report.to_dict()
     last = history['history'][-1]
     report_dict['training'] = {k: history[k] for k in ('split', 'train_images', 'val_images', 'params', 'args')}
@@ -87,7 +89,7 @@ def main() -> None:
         tmp = Path(tmp)
         full = export_artifact(
             model, tmp / 'full', architecture=arch, model_args={}, label_names=model.class_names,
-            card=dict(card, kind='full', split='held-out: last 500 train images per class',
+            card=dict(card, kind='full', split=f'held-out: last {args.holdout_per_class} train images per class',
                       epochs=training['epochs'], metrics=metrics, training=training,
                       description=args.description))
         binaries = extract_binary_classifiers(

@@ -27,7 +27,10 @@ import torch
 import torch.nn as nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, is_model, register_model
 
-from .coded_resnext import MODEL_ARCHS, CodedResNeXt, _check_pretrained_values, resolve_stage_scheme, verified_pretrained_kwargs
+from .coded_resnext import (
+    MODEL_ARCHS, CodedResNeXt, _check_pretrained_values, manifest_artifact_for, resolve_stage_scheme, tagged_cfgs,
+    verified_pretrained_kwargs,
+)
 from .errors import CheckpointMismatchError, IntegrityError, NotCodedError, TimmCodedError, UnknownClassError
 from .layers import CodedBottleneck
 
@@ -122,6 +125,13 @@ def _default_present_subnns(parent: str, class_index: int) -> List[Optional[List
 
 
 def _create_binary(parent: str, pretrained: bool = False, **kwargs) -> CodedBinaryClassifier:
+    # `<parent>_binary.<tag>` with pretrained=True: the manifest artifact says which class (and
+    # so which subNNs) the weights belong to; without them class 0's path would be built
+    _, artifact = manifest_artifact_for(binary_architecture(parent), pretrained, kwargs)
+    if artifact is not None:
+        for key in ('class_index', 'present_subnns', 'threshold', 'class_name'):
+            if key in artifact.model_args:
+                kwargs.setdefault(key, artifact.model_args[key])
     class_index = int(kwargs.pop('class_index', 0))
     parent_arg = kwargs.pop('parent_architecture', None)
     if parent_arg is not None and _CANONICAL.get(parent_arg, parent_arg) != parent:
@@ -147,7 +157,9 @@ def _binary_cfg(parent: str) -> Dict[str, Any]:
     return cfg
 
 
-default_cfgs = generate_default_cfgs({binary_architecture(p): _binary_cfg(p) for p in _PARENTS})
+# every binary classifier in the manifest is a pretrained tag: `<parent>_binary.<tag>`
+default_cfgs = generate_default_cfgs({
+    name: cfg for p in _PARENTS for name, cfg in tagged_cfgs(binary_architecture(p), _binary_cfg(p)).items()})
 
 
 @register_model

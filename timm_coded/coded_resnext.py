@@ -474,6 +474,30 @@ def _check_pretrained_values(state_dict: Dict[str, torch.Tensor], model: nn.Modu
     return state_dict
 
 
+def manifest_artifact_for(variant: str, pretrained: bool, kwargs: Dict[str, Any]):
+    """(resolved pretrained cfg, the weights-manifest artifact it names or None) for a create call."""
+    if not pretrained:
+        return None, None
+    from timm.models._builder import resolve_pretrained_cfg
+
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
+                                 pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay')).to_dict()
+    if cfg.get('state_dict') is not None:
+        return cfg, None
+    from .manifest import HubLocation, load_manifest
+
+    try:
+        artifact = load_manifest().get(f"{cfg.get('architecture')}.{cfg.get('tag')}")
+    except (ManifestError, KeyError):
+        return cfg, None
+    location = artifact.location
+    expected_file = None if isinstance(location, HubLocation) else str(
+        location.resolve().joinpath(*artifact.weights_file.path.split('/')))
+    if cfg.get('file') not in (None, expected_file) or cfg.get('source') in ('hf-hub', 'local-dir'):
+        return cfg, None  # the caller substituted other weights: theirs to vouch for
+    return cfg, artifact
+
+
 def verified_pretrained_kwargs(variant: str, pretrained: bool, kwargs: Dict[str, Any]) -> Dict[str, Any]:
     """Point timm's pretrained loader at a sha256-verified copy of a manifest artifact.
 
@@ -482,29 +506,11 @@ def verified_pretrained_kwargs(variant: str, pretrained: bool, kwargs: Dict[str,
     cache or package) and checked against the manifest's sha256 first; timm then loads exactly
     that verified file. A mismatch raises IntegrityError (and drops the file from the HF cache).
     """
-    if not pretrained:
-        return kwargs
-    from timm.models._builder import resolve_pretrained_cfg
-
-    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
-                                 pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay')).to_dict()
-    if cfg.get('state_dict') is not None:
-        return kwargs
-    name = f"{cfg.get('architecture')}.{cfg.get('tag')}"
-    from .manifest import load_manifest
-
-    try:
-        artifact = load_manifest().get(name)
-    except (ManifestError, KeyError):
+    cfg, artifact = manifest_artifact_for(variant, pretrained, kwargs)
+    if artifact is None:
         return kwargs
     from .hub import download_artifact
-    from .manifest import HubLocation
 
-    location = artifact.location
-    expected_file = None if isinstance(location, HubLocation) else str(
-        location.resolve().joinpath(*artifact.weights_file.path.split('/')))
-    if cfg.get('file') not in (None, expected_file) or cfg.get('source') in ('hf-hub', 'local-dir'):
-        return kwargs  # the caller substituted other weights: theirs to vouch for
     folder = download_artifact(artifact)
     verified = dict(cfg, file=str(folder.joinpath(*artifact.weights_file.path.split('/'))))
     return dict(kwargs, pretrained_cfg=verified, pretrained_cfg_overlay=None)
@@ -538,6 +544,20 @@ def _cifar_cfg(num_classes: int, **kwargs) -> Dict[str, Any]:
     return _cfg(**dict(cifar, **kwargs))
 
 
+def tagged_cfgs(arch: str, cfg: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """`arch`'s cfgs for timm: one per weights-manifest artifact (`arch.tag`, listed first, so
+    `pretrained=True` picks trained weights), or the bare cfg when it has none."""
+    # weights_manifest.json is the one source of truth for trained weights
+    try:
+        tagged = pretrained_cfg_overrides(arch)
+    except ManifestError as e:
+        _logger.error('weights_manifest.json unreadable, no pretrained weights registered: %s', e)
+        tagged = {}
+    if not tagged:
+        return {arch: cfg}
+    return {f'{arch}.{tag}': dict(cfg, **overrides) for tag, overrides in tagged.items()}
+
+
 def _default_cfgs() -> Dict[str, Dict[str, Any]]:
     base = {
         'coded_resnext29_10x11d': _cifar_cfg(10),
@@ -547,19 +567,9 @@ def _default_cfgs() -> Dict[str, Dict[str, Any]]:
         'coded_resnext17_10x2d': _cifar_cfg(10),
         'coded_resnext11_10x4d': _cifar_cfg(10),
     }
-    # Trained weights come from weights_manifest.json, the one source of truth: each artifact
-    # becomes a pretrained tag (listed first, so `pretrained=True` picks trained weights).
     cfgs = {}
     for arch, cfg in base.items():
-        try:
-            tagged = pretrained_cfg_overrides(arch)
-        except ManifestError as e:
-            _logger.error('weights_manifest.json unreadable, no pretrained weights registered: %s', e)
-            tagged = {}
-        for tag, overrides in tagged.items():
-            cfgs[f'{arch}.{tag}'] = dict(cfg, **overrides)
-        if not tagged:
-            cfgs[arch] = cfg
+        cfgs.update(tagged_cfgs(arch, cfg))
     return cfgs
 
 

@@ -31,7 +31,10 @@ class DemoConfig:
     epochs: int = 10
     batch_size: int = 64
     lr: float = 0.1
-    augment: Optional[str] = 'rand-m4-n3'
+    # None: CIFAR-size images are decoded once and augmented in torch (pad-and-crop + flip), the
+    # CPU fast path; a timm auto-augment string (e.g. 'rand-m4-n3', the paper's) uses timm's
+    # per-image pipeline instead
+    augment: Optional[str] = None
     holdout_per_class: int = 500  # for a data_dir without val/
     limit_per_class: int = 0  # >0: use only the first N images per class of each split (smoke runs)
     device: str = 'cpu'
@@ -87,6 +90,30 @@ def run_demo(cfg: DemoConfig, log=print) -> Dict[str, Any]:
     return report_dict
 
 
+def _loaders(cfg: DemoConfig, model, train, val):
+    """(training, held-out, calibration) loaders: decoded-once tensors for small images without an
+    auto-augment string (the fast path), else timm's per-image pipeline."""
+    from .data import check_class_count, data_config_for, make_loader
+    from .tensor_data import TensorBatchLoader, decode_images
+
+    data_config = data_config_for(model)
+    size = data_config['input_size'][-1]
+    if cfg.augment is None and size <= 64 and data_config['input_size'][-2] == size:
+        for samples in (train, val):
+            check_class_count(samples, model)
+        stats = dict(mean=data_config['mean'], std=data_config['std'])
+        train_x, train_y = decode_images(train, size)
+        val_x, val_y = decode_images(val, size)
+        return (TensorBatchLoader(train_x, train_y, cfg.batch_size, train=True, seed=cfg.seed, **stats),
+                TensorBatchLoader(val_x, val_y, 256, train=False, **stats),
+                TensorBatchLoader(train_x, train_y, 256, train=False, **stats))
+    loader_args = dict(model_or_data_config=model, num_workers=cfg.workers)
+    return (make_loader(train, train=True, batch_size=cfg.batch_size, augment=cfg.augment, seed=cfg.seed,
+                        **loader_args),
+            make_loader(val, train=False, batch_size=256, **loader_args),
+            make_loader(train, train=False, batch_size=256, **loader_args))
+
+
 def _run(cfg: DemoConfig, tmp: Path, log):
     """Train, evaluate, slice and report into the staging folder `tmp`."""
     import timm
@@ -95,7 +122,6 @@ def _run(cfg: DemoConfig, tmp: Path, log):
     from . import plots
     from .extraction import extract_binary_classifiers
     from .binary import binary_architecture
-    from .data import make_loader
     from .evaluation import evaluate
     from .trainer import TrainConfig, history_as_dicts, train_model
 
@@ -108,11 +134,7 @@ def _run(cfg: DemoConfig, tmp: Path, log):
     log(f'model: {cfg.model}, {sum(p.numel() for p in model.parameters()):,} parameters; '
         f'training {cfg.epochs} epochs on {cfg.device}')
 
-    loader_args = dict(model_or_data_config=model, num_workers=cfg.workers)
-    train_loader = make_loader(train, train=True, batch_size=cfg.batch_size, augment=cfg.augment, seed=cfg.seed,
-                               **loader_args)
-    val_loader = make_loader(val, train=False, batch_size=256, **loader_args)
-    calib_loader = make_loader(train, train=False, batch_size=256, **loader_args)
+    train_loader, val_loader, calib_loader = _loaders(cfg, model, train, val)
 
     start = time.perf_counter()
     history = train_model(

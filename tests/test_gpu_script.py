@@ -1,0 +1,326 @@
+"""benchmarks/gpu/oneshot.py, the one-shot GPU run, at toy scale on the CPU, so it cannot rot.
+
+The script runs in a subprocess exactly as on the GPU machine, with `--device cpu --scale toy`, on a
+tar.gz of generated JPEGs in CIFAR-10's layout (train/<class>/<NNNN>.jpg). Stage 1 runs a stub
+train.py (timm's train.py is not in the wheel): the stub proves that the wrapper
+(benchmarks/gpu/timm_script.py) installs the coding-loss task and that the log parsing works. With a
+real copy of timm's train.py (TIMM_CODED_TIMM_SCRIPTS=DIR, or .gpu-carry/timm-scripts/ as
+benchmarks/gpu/prepare_carry.py leaves it) one more test runs it for 2 steps on the CPU.
+"""
+import importlib.util
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+import tarfile
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / 'benchmarks' / 'gpu' / 'oneshot.py'
+CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
+PER_CLASS = 4
+HISTORY_KEYS = {'model', 'model_kwargs', 'args', 'train_config', 'params', 'train_images', 'val_images', 'split',
+                'history'}
+EPOCH_KEYS = {'epoch', 'loss', 'coding_loss', 'train_accuracy', 'val_accuracy', 'lr', 'seconds'}
+# what scripts/ship_weights.py reads from history['args']
+SHIP_ARGS = {'batch_size', 'lr', 'label_smoothing', 'ema_decay', 'seed'}
+
+STUB_TRAIN_PY = textwrap.dedent('''
+    """Stand-in for timm's train.py: the task train.py imports, two steps, train.py's log lines."""
+    import logging
+    import sys
+
+    import torch
+    import timm
+    from timm.task import ClassificationTask
+
+    logging.basicConfig(level=logging.INFO, format='%(name)s - %(message)s')
+    _logger = logging.getLogger('train')
+    argv = sys.argv[1:]
+    model = timm.create_model(argv[argv.index('--model') + 1], num_classes=10)
+    if '--amp' in argv:
+        _logger.info('Using native Torch AMP. Training in mixed precision.')
+    else:
+        _logger.info('AMP not enabled. Training in torch.float32.')
+    task = ClassificationTask(model=model, criterion=torch.nn.CrossEntropyLoss(), device=torch.device('cpu'),
+                              verbose=True)
+    if '--torchcompile' in argv:
+        _logger.info('Compiling task components with backend=stub, mode=None')
+    for step in range(2):
+        loss = task(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)))['loss']
+        loss.backward()
+        _logger.info(f'Train: 0 [{step:>4d}/2 ( 50%)]  Loss: {loss.item():#.3g} ({loss.item():#.3g})  LR: 1e-1')
+''')
+
+
+def make_tar(path: Path, per_class: int = PER_CLASS) -> Path:
+    rng = np.random.default_rng(0)
+    with tarfile.open(path, 'w:gz') as tf:
+        for c, name in enumerate(CLASSES):
+            for i in range(per_class):
+                pixels = (rng.integers(0, 128, (32, 32, 3)) + 12 * c).astype(np.uint8)
+                buf = io.BytesIO()
+                Image.fromarray(pixels).save(buf, format='JPEG')
+                info = tarfile.TarInfo(f'train/{name}/{i:04d}.jpg')
+                info.size = len(buf.getvalue())
+                tf.addfile(info, io.BytesIO(buf.getvalue()))
+    return path
+
+
+def run_oneshot(tmp: Path, *extra: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONUNBUFFERED='1')
+    cmd = [sys.executable, str(SCRIPT), '--data', str(tmp / 'cifar10.tar.gz'), '--out', str(tmp / 'out'),
+           '--device', 'cpu', '--scale', 'toy', '--budget-minutes', '4', '--epochs', '1', '--decode-workers', '1',
+           *extra]
+    return subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def load_oneshot_module():
+    spec = importlib.util.spec_from_file_location('oneshot_under_test', SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope='module')
+def toy_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('oneshot')
+    make_tar(tmp / 'cifar10.tar.gz')
+    (tmp / 'scripts').mkdir()
+    (tmp / 'scripts' / 'train.py').write_text(STUB_TRAIN_PY)
+    proc = run_oneshot(tmp, '--timm-scripts', str(tmp / 'scripts'), '--trainpy-runs', 'amp_fp16,torchcompile')
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    summary = json.loads((tmp / 'out' / 'summary.json').read_text())
+    return tmp / 'out', summary, proc
+
+
+def is_positive_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def test_summary_structure(toy_run):
+    out, summary, _ = toy_run
+    assert summary['schema'] == 'timm_coded.gpu_oneshot/1'
+    assert summary['status'] == 'ok', json.dumps(summary, indent=1)[:4000]
+    assert summary['scale'] == 'toy' and summary['environment']['device'] == 'cpu'
+    assert set(summary['stages']) == {'trainpy', 'throughput', 'training'}
+    plan = summary['time_plan']
+    assert plan['budget_s'] == 240 and summary['elapsed_s'] < plan['budget_s']
+    for stage in ('setup', 'trainpy', 'throughput', 'training'):
+        assert plan[stage]['used_s'] >= 0
+    # the device tool brings back at most 8 files, each < 16 MiB, at most 2 folders down
+    files = [p for p in out.rglob('*') if p.is_file()]
+    assert len(files) <= 8, files
+    for p in files:
+        assert p.stat().st_size < 16 * 2 ** 20
+        assert len(p.relative_to(out).parts) <= 3
+    assert {p.relative_to(out).as_posix() for p in files} == {
+        'summary.json', 'summary.md', 'oneshot.log', 'coded/model.safetensors', 'coded/history.json',
+        'control/model.safetensors', 'control/history.json'}
+    md = (out / 'summary.md').read_text()
+    for heading in ('## 1. timm train.py', '## 2. Training throughput', '## 3. CIFAR-10 training', '## Time plan'):
+        assert heading in md
+    assert 'done: ok' in (out / 'oneshot.log').read_text()
+
+
+def test_trainpy_stage_through_the_wrapper(toy_run):
+    _, summary, _ = toy_run
+    stage = summary['stages']['trainpy']
+    assert stage['status'] == 'pass', json.dumps(stage, indent=1)
+    assert stage['model'] == 'coded_resnext17_10x2d' and stage['compile_backend'] == 'eager'
+    assert set(stage['runs']) == {'amp_fp16', 'torchcompile'}
+    for name, run in stage['runs'].items():
+        assert run['status'] == 'pass' and run['returncode'] == 0
+        assert run['coded_task_installed'] is True  # the wrapper put the coding-loss task in place
+        assert run['train_steps_logged'] == 2 and run['coding_loss_lines'] == 2
+        assert run['coding_loss_line'].startswith('Coding loss: ')
+        assert is_positive_number(run['coding_loss']) and is_positive_number(run['loss_without_coding'])
+    assert stage['runs']['torchcompile']['compiled'] is True
+    assert stage['runs']['torchcompile']['flags'] == ['--torchcompile', 'eager']
+    assert 'mixed precision' in stage['runs']['amp_fp16']['amp_line']
+
+
+def test_throughput_stage(toy_run):
+    _, summary, _ = toy_run
+    stage = summary['stages']['throughput']
+    assert stage['status'] == 'ok' and stage['amp_dtype'] == 'bfloat16' and stage['channels_last'] is True
+    assert stage['paper_tpu']['throughput_ratio'] == pytest.approx(447 / 439, abs=1e-4)
+    (net,) = stage['nets']
+    assert net['model'] == 'coded_resnext17_10x2d' and net['status'] == 'ok' and net['rounds'] >= 1
+    for kind in ('coded', 'plain'):
+        v = net['variants'][kind]
+        assert v['params'] == 156_376
+        assert is_positive_number(v['train_img_s']) and is_positive_number(v['infer_img_s'])
+        assert is_positive_number(v['saved_for_backward_bytes'])
+    assert net['variants']['coded']['coded_blocks'] > 0 and net['variants']['plain']['coded_blocks'] == 0
+    for key in ('train_throughput', 'inference_throughput', 'train_step_time', 'saved_for_backward'):
+        assert is_positive_number(net['ratios'][key]), key
+    assert 'peak_memory' not in net['ratios']  # CUDA only
+
+
+def test_training_stage_and_checkpoints(toy_run):
+    import timm
+    import timm_coded  # noqa: F401
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    out, summary, _ = toy_run
+    stage = summary['stages']['training']
+    assert stage['status'] == 'ok' and stage['epochs'] == 1
+    assert stage['train_images'] == 10 * (PER_CLASS - 1) and stage['val_images'] == 10
+    listed = {f['path']: f for f in summary['files']}
+    for kind, kwargs in (('coded', {}), ('control', {'coded': False})):
+        run = stage['runs'][kind]
+        assert run['status'] == 'ok' and run['epochs_done'] == 1 and run['model_kwargs'] == kwargs
+        assert 0 <= run['final_val_accuracy'] <= 1 and 0 <= run['val_accuracy_bf16_checkpoint'] <= 1
+        assert set(run['checkpoint_dtypes']) == {'bfloat16', 'int64'}
+        path = out / run['checkpoint']
+        assert path.is_file() and listed[run['checkpoint']]['bytes'] == path.stat().st_size
+        with safe_open(str(path), 'pt') as f:
+            assert f.metadata()['format'] == 'pt'
+            dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
+        assert dtypes == {'BF16', 'I64'}
+        state = load_file(str(path))
+        floats = [v for v in state.values() if v.is_floating_point()]
+        assert floats and all(v.dtype == torch.bfloat16 for v in floats)
+        assert all(v.dtype == torch.int64 for v in state.values() if not v.is_floating_point())
+        model = timm.create_model('coded_resnext17_10x2d', **kwargs)
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
+        history = json.loads((out / run['history']).read_text())
+        assert HISTORY_KEYS <= set(history) and SHIP_ARGS <= set(history['args'])
+        assert history['model'] == 'coded_resnext17_10x2d' and history['model_kwargs'] == kwargs
+        assert history['params'] == sum(p.numel() for p in model.parameters())
+        assert history['train_images'] == stage['train_images'] and history['val_images'] == 10
+        assert history['args']['control'] is (kind == 'control')
+        assert len(history['history']) == 1 and EPOCH_KEYS <= set(history['history'][0])
+        epoch = history['history'][0]
+        assert epoch['epoch'] == 1 and math.isfinite(epoch['loss']) and epoch['seconds'] > 0
+        assert (epoch['coding_loss'] > 0) is (kind == 'coded')
+    # the loader used by scripts/ship_weights.py takes the bf16 checkpoint as it is
+    from timm_coded.binary import load_checkpoint
+    model = load_checkpoint('coded_resnext17_10x2d', out / 'coded' / 'model.safetensors')
+    assert next(model.parameters()).dtype == torch.float32
+
+
+def test_trainpy_skipped_without_scripts(tmp_path):
+    make_tar(tmp_path / 'cifar10.tar.gz', per_class=2)
+    proc = run_oneshot(tmp_path, '--stages', 'trainpy')
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / 'out' / 'summary.json').read_text())
+    stage = summary['stages']['trainpy']
+    assert stage['status'] == 'skipped' and '--timm-scripts' in stage['reason']
+    assert 'skipped' in (tmp_path / 'out' / 'summary.md').read_text()
+
+
+def test_device_loader_matches_tensor_batch_loader():
+    """The GPU loader is TensorBatchLoader with every op on the images' device: on the CPU the
+    batches are identical, draw for draw."""
+    from timm_coded.tensor_data import TensorBatchLoader
+
+    oneshot = load_oneshot_module()
+    loader_cls = oneshot.make_device_loader_class()
+    images = torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8)
+    targets = torch.arange(20) % 10
+    common = dict(mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), seed=3)
+    for train in (True, False):
+        ref = TensorBatchLoader(images, targets, 6, train=train, **common)
+        new = loader_cls(images, targets, 6, train=train, **common)
+        for epoch in range(2):
+            ref.set_epoch(epoch)
+            new.set_epoch(epoch)
+            pairs = list(zip(ref, new))
+            assert len(pairs) == len(ref) == len(new) == (3 if train else 4)
+            for (x0, y0), (x1, y1) in pairs:
+                torch.testing.assert_close(x1, x0, rtol=0, atol=0)
+                assert torch.equal(y0, y1)
+    val = loader_cls(images, targets, 6, train=False, targets_device='cpu', channels_last=True, **common)
+    x, y = next(iter(val))
+    assert x.is_contiguous(memory_format=torch.channels_last) and y.device.type == 'cpu'
+
+
+def test_budget_gives_leftovers_to_training():
+    oneshot = load_oneshot_module()
+    budget = oneshot.Budget(10, list(oneshot.STAGES))
+    total = 600
+    trainpy = budget.deadline('trainpy') - budget.t0
+    assert trainpy == pytest.approx(oneshot.STAGE_SHARE['trainpy'] * total, abs=1)
+    assert budget.deadline('training') - budget.t0 == pytest.approx(total * (1 - oneshot.RESERVE_SHARE))
+    # a stage that cannot have its share without eating training's minimum gets less
+    budget.t0 -= 0.55 * total
+    left_for_throughput = budget.deadline('throughput') - budget.t0
+    assert left_for_throughput <= total * (1 - oneshot.RESERVE_SHARE - oneshot.MIN_TRAINING_SHARE) + 1
+    only_training = oneshot.Budget(10, ['training'])
+    assert only_training.deadline('training') - only_training.t0 == pytest.approx(576)
+
+
+def local_timm_scripts():
+    candidates = [os.environ.get('TIMM_CODED_TIMM_SCRIPTS'), str(REPO / '.gpu-carry' / 'timm-scripts')]
+    return next((Path(c) for c in candidates if c and (Path(c) / 'train.py').is_file()), None)
+
+
+@pytest.mark.skipif(local_timm_scripts() is None,
+                    reason='no copy of timm\'s train.py (set TIMM_CODED_TIMM_SCRIPTS or run benchmarks/gpu/prepare_carry.py)')
+def test_real_train_py_on_cpu(tmp_path):
+    make_tar(tmp_path / 'cifar10.tar.gz', per_class=2)
+    proc = run_oneshot(tmp_path, '--stages', 'trainpy', '--timm-scripts', str(local_timm_scripts()),
+                       '--trainpy-runs', 'amp_bf16,torchcompile')
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    stage = json.loads((tmp_path / 'out' / 'summary.json').read_text())['stages']['trainpy']
+    assert stage['status'] == 'pass', json.dumps(stage, indent=1)
+    for run in stage['runs'].values():
+        assert run['train_steps_logged'] >= 2 and run['coding_loss_lines'] >= 2 and run['coded_task_installed']
+
+
+def test_training_stops_at_the_deadline_and_control_follows(tmp_path):
+    """A run that would overrun its deadline stops after an epoch; the control then stops after as
+    many epochs (same lr trajectory), and both still leave a loadable checkpoint and history."""
+    oneshot = load_oneshot_module()
+    make_tar(tmp_path / 'cifar10.tar.gz', per_class=3)
+    root = oneshot.prepare_data(tmp_path / 'cifar10.tar.gz', tmp_path / 'work')
+    data = oneshot.load_cifar(root, per_class=1, workers=1)
+    args = oneshot.parse_args(['--data', 'x', '--out', str(tmp_path / 'out'), '--scale', 'toy', '--epochs', '3'])
+    (tmp_path / 'out').mkdir()
+    scale = dict(oneshot.SCALES['toy'], train_batch=4, val_batch=5)
+    bench = {'nets': [{'status': 'ok', 'model': 'coded_resnext17_10x2d', 'batch': 4, 'image_size': 32,
+                       'label': 'fake', 'variants': {'coded': {'train_img_s': 100., 'infer_img_s': 300.},
+                                                     'plain': {'train_img_s': 120., 'infer_img_s': 350.}}}]}
+    import time
+    result = oneshot.training_stage(args, scale, torch.device('cpu'), None, False, data, bench, tmp_path / 'out',
+                                    deadline=time.monotonic() + 0.01)
+    coded, control = result['runs']['coded'], result['runs']['control']
+    assert result['epochs'] == 3 and result['status'] == 'partial'
+    assert result['estimated_epoch_s']['coded'] > 0 and 'fake' not in result['epochs_reason']  # --epochs given
+    assert coded['status'] == 'stopped_early' and coded['epochs_done'] == 1
+    assert coded['stop_reason'].startswith('time budget')
+    assert control['epochs_done'] == 1 and 'coded run stopped after epoch 1' in control['stop_reason']
+    for kind in ('coded', 'control'):
+        history = json.loads((tmp_path / 'out' / kind / 'history.json').read_text())
+        assert history['stopped_early'] is True and history['planned_epochs'] == 3 and len(history['history']) == 1
+        assert result['runs'][kind]['checkpoint_dtypes'] == ['bfloat16', 'int64']
+
+
+def test_training_epochs_derived_from_measured_speed(tmp_path):
+    oneshot = load_oneshot_module()
+    make_tar(tmp_path / 'cifar10.tar.gz', per_class=2)
+    root = oneshot.prepare_data(tmp_path / 'cifar10.tar.gz', tmp_path / 'work')
+    data = oneshot.load_cifar(root, per_class=1, workers=1)
+    args = oneshot.parse_args(['--data', 'x', '--out', str(tmp_path / 'out'), '--scale', 'toy', '--stages', 'training'])
+    (tmp_path / 'out').mkdir()
+    scale = dict(oneshot.SCALES['toy'], train_batch=5, val_batch=5)
+    speed = {'train_img_s': 1000., 'infer_img_s': 3000.}
+    bench = {'nets': [{'status': 'ok', 'model': 'coded_resnext17_10x2d', 'batch': 5, 'image_size': 32,
+                       'label': 'fake', 'variants': {'coded': speed, 'plain': speed}}]}
+    import time
+    result = oneshot.training_stage(args, scale, torch.device('cpu'), None, False, data, bench, tmp_path / 'out',
+                                    deadline=time.monotonic() + 120)
+    assert result['fits_epochs'] > 2 and result['epochs'] == 2  # capped at the toy scale's max_epochs
+    assert 'stage throughput (fake)' in result['epochs_reason']
+    assert result['status'] == 'ok' and all(r['epochs_done'] == 2 for r in result['runs'].values())
