@@ -58,7 +58,7 @@ def test_sample_order_and_targets_match_timm_create_dataset():
         ours = D.load_samples(root, split)
         theirs = timm.data.create_dataset('', root=str(root), split=split)
         assert [tuple(s) for s in theirs.reader.samples] == list(ours.samples)
-        assert list(theirs.reader.class_to_idx) == D.class_names(root, split)
+        assert list(theirs.reader.class_to_idx) == list(D.load_samples(root, split).class_names)
 
 
 # --- loaders -----------------------------------------------------------------------------------
@@ -232,7 +232,7 @@ def test_corrupt_image_error_keeps_its_type_through_worker_processes(tmp_path):
 
 def test_class_set_must_match_the_model_and_order_follows_it(tmp_path):
     root = make_folder(tmp_path / 'root', {'class10': 2, 'class2': 3, 'dog': 1})
-    assert D.class_names(root) == ['class2', 'class10', 'dog']  # timm's natural sort, not lexical
+    assert list(D.load_samples(root).class_names) == ['class2', 'class10', 'dog']  # timm's natural sort, not lexical
     with pytest.raises(DataError, match='missing cat; not in the model: class2, class10'):
         D.resolve_image_folder(root, expected_classes=['dog', 'cat'])
     samples = D.load_samples(root, expected_classes=['dog', 'class10', 'class2'])
@@ -307,7 +307,7 @@ def test_make_cifar_sample_copies_bytes_deterministically(tmp_path):
     assert sorted(p.name for p in (out / 'train' / 'cat').iterdir()) == ['0000.jpg', '0001.jpg', '0002.jpg']
     assert sorted(p.name for p in (out / 'val' / 'cat').iterdir()) == ['0018.jpg', '0019.jpg']
     assert (out / 'val' / 'truck' / '0019.jpg').read_bytes() == (src / 'truck' / '0019.jpg').read_bytes()
-    assert D.class_names(out, 'val') == list(D.CIFAR10_CLASSES)
+    assert list(D.load_samples(out, 'val').class_names) == list(D.CIFAR10_CLASSES)
     snapshot = {p.relative_to(out): p.read_bytes() for p in out.rglob('*') if p.is_file()}
     assert script.main(['--src', str(src), '--out', str(out), '--train-per-class', '3',
                         '--val-per-class', '2', '--val-pool', '5']) == 0  # rebuild replaces, same result

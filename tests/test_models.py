@@ -244,3 +244,19 @@ def test_create_model_with_an_ungeneratable_k_says_what_the_user_can_do():
                                           r'generated within 10s .* pass it per stage with schemes=\[\.\.\.\]') as info:
         timm.create_model('coded_resnext50_32x4d', num_classes=10 ** 6, device='meta')
     assert 'raise the time budget' not in str(info.value)  # create_model has no time budget to raise
+
+
+def test_every_architecture_of_the_table_is_registered_with_its_binary_twin_and_aliases():
+    from timm.models import get_pretrained_cfg
+
+    from timm_coded.binary import binary_architecture
+    from timm_coded.coded_resnext import ALIASES, ARCHITECTURES, MODEL_ARCHS
+
+    assert set(MODEL_ARCHS) == set(ARCHITECTURES) | set(ALIASES)
+    for name, arch in ARCHITECTURES.items():
+        assert timm.is_model(name) and timm.is_model(binary_architecture(name))
+        assert get_pretrained_cfg(name).num_classes == arch.num_classes == MODEL_ARCHS[name]['num_classes']
+        for alias in arch.aliases:
+            assert timm.is_model(alias) and binary_architecture(alias) == binary_architecture(name)
+            assert MODEL_ARCHS[alias] == MODEL_ARCHS[name]
+    assert sorted(timm.list_models('coded_*_binary')) == sorted(binary_architecture(n) for n in ARCHITECTURES)

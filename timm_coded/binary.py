@@ -28,7 +28,7 @@ import torch.nn as nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, is_model, register_model
 
 from .coded_resnext import (
-    MODEL_ARCHS, CodedResNeXt, _check_pretrained_values, manifest_artifact_for, resolve_stage_scheme, tagged_cfgs,
+    ALIASES, ARCHITECTURES, MODEL_ARCHS, CodedResNeXt, _check_pretrained_values, manifest_artifact_for, resolve_stage_scheme, tagged_cfgs,
     verified_pretrained_kwargs,
 )
 from .errors import CheckpointMismatchError, IntegrityError, NotCodedError, TimmCodedError, UnknownClassError
@@ -43,9 +43,9 @@ __all__ = [
 
 BINARY_SUFFIX = '_binary'
 # registered parent name -> canonical architecture (aliases slice into the canonical binary)
-_CANONICAL = {'coded_resnext50': 'coded_resnext50_32x4d'}
-_PARENTS = ('coded_resnext29_10x11d', 'coded_resnext29_20x6d', 'coded_resnext50_32x4d', 'coded_resnext17_10x2d',
-            'coded_resnext11_10x4d')
+# the registered parents and their aliases come from the one architecture table
+_CANONICAL = ALIASES
+_PARENTS = tuple(ARCHITECTURES)
 
 
 # --- the sliced architecture -------------------------------------------------------------------
@@ -162,34 +162,20 @@ default_cfgs = generate_default_cfgs({
     name: cfg for p in _PARENTS for name, cfg in tagged_cfgs(binary_architecture(p), _binary_cfg(p)).items()})
 
 
-@register_model
-def coded_resnext29_10x11d_binary(pretrained: bool = False, **kwargs) -> CodedBinaryClassifier:
-    """One-class binary classifier sliced from coded_resnext29_10x11d (CIFAR-10)."""
-    return _create_binary('coded_resnext29_10x11d', pretrained, **kwargs)
+def _register_binary_twin(parent: str) -> None:
+    """Register `<parent>_binary` with timm: a one-line entrypoint like the parents', made for
+    every architecture of the table so that no architecture lacks its binary twin."""
+    def entrypoint(pretrained: bool = False, **kwargs) -> CodedBinaryClassifier:
+        return _create_binary(parent, pretrained, **kwargs)
+
+    entrypoint.__name__ = entrypoint.__qualname__ = binary_architecture(parent)
+    entrypoint.__module__ = __name__
+    entrypoint.__doc__ = f'One-class binary classifier sliced from {parent}.'
+    globals()[entrypoint.__name__] = register_model(entrypoint)
 
 
-@register_model
-def coded_resnext29_20x6d_binary(pretrained: bool = False, **kwargs) -> CodedBinaryClassifier:
-    """One-class binary classifier sliced from coded_resnext29_20x6d (CIFAR-100)."""
-    return _create_binary('coded_resnext29_20x6d', pretrained, **kwargs)
-
-
-@register_model
-def coded_resnext50_32x4d_binary(pretrained: bool = False, **kwargs) -> CodedBinaryClassifier:
-    """One-class binary classifier sliced from coded_resnext50_32x4d (ImageNet)."""
-    return _create_binary('coded_resnext50_32x4d', pretrained, **kwargs)
-
-
-@register_model
-def coded_resnext17_10x2d_binary(pretrained: bool = False, **kwargs) -> CodedBinaryClassifier:
-    """One-class binary classifier sliced from the small coded_resnext17_10x2d."""
-    return _create_binary('coded_resnext17_10x2d', pretrained, **kwargs)
-
-
-@register_model
-def coded_resnext11_10x4d_binary(pretrained: bool = False, **kwargs) -> CodedBinaryClassifier:
-    """One-class binary classifier sliced from the zoo's coded_resnext11_10x4d."""
-    return _create_binary('coded_resnext11_10x4d', pretrained, **kwargs)
+for _parent in _PARENTS:
+    _register_binary_twin(_parent)
 
 
 # --- slicing -----------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ which is exactly a timm ResNeXt of that shape.
 """
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
@@ -23,12 +24,12 @@ from timm.models._features import feature_take_indices
 from timm.models.resnet import downsample_conv
 
 from .codes import CodingScheme, builtin_name, builtin_scheme, list_builtin_schemes, load_scheme
-from .data import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
+from .constants import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 from .errors import SchemeError
 from .manifest import ManifestError, pretrained_cfg_overrides
 from .layers import CodedBottleneck, CodedStage
 
-__all__ = ['CodedResNeXt', 'resolve_stage_scheme', 'MODEL_ARCHS']
+__all__ = ['CodedResNeXt', 'resolve_stage_scheme', 'MODEL_ARCHS', 'ARCHITECTURES', 'ALIASES', 'canonical_architecture']
 
 _logger = logging.getLogger(__name__)
 
@@ -222,7 +223,6 @@ class CodedResNeXt(nn.Module):
             self.schemes.append(scheme)
             if is_sliced and num_active[i] >= num_subnns[i]:
                 raise ValueError(f'stage {i} is uncoded and cannot be sliced (present_subnns given)')
-        self.stage_num_active = num_active
 
         # stem
         stem_stride = 1 if stem_type == 'cifar' else 2
@@ -434,33 +434,61 @@ class CodedResNeXt(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-# --- architectures (paper Table 1) -----------------------------------------------------------
-MODEL_ARCHS: Dict[str, Dict[str, Any]] = {
+# --- architectures: THE table (paper Table 1) ----------------------------------------------------
+# One entry per architecture: its model arguments, its data config and its aliases. The model
+# arguments, timm's pretrained cfgs (+ the weights manifest's tags), the aliases and the binary
+# twins (`<name>_binary`, registered in binary.py) are all generated from it: adding a coded
+# architecture is one entry here plus its one-line entrypoint below.
+@dataclass(frozen=True)
+class Architecture:
+    args: Dict[str, Any]
+    cifar: bool  # 32x32 CIFAR data config (else ImageNet 224 px)
+    num_classes: int
+    aliases: Tuple[str, ...] = ()
+    dataset_stats: Tuple[Tuple[float, ...], Tuple[float, ...]] = (CIFAR10_MEAN, CIFAR10_STD)
+
+
+ARCHITECTURES: Dict[str, Architecture] = {
     # CIFAR-10: ResNeXt-29 (10x11d), stage ratios 10/10, 5/10, 3/10
-    'coded_resnext29_10x11d': dict(
+    'coded_resnext29_10x11d': Architecture(dict(
         layers=(3, 3, 3), stage_channels=(256, 512, 1024), num_subnns=10, subnn_width=(11, 22, 44),
-        num_active=(10, 5, 3), stem_type='cifar', num_classes=10, coding_loss_weight=6.),
+        num_active=(10, 5, 3), stem_type='cifar', coding_loss_weight=6.), cifar=True, num_classes=10),
     # CIFAR-100: ResNeXt-29 (20x6d), stage ratios 20/20, 8/20, 4/20
-    'coded_resnext29_20x6d': dict(
+    'coded_resnext29_20x6d': Architecture(dict(
         layers=(3, 3, 3), stage_channels=(256, 512, 1024), num_subnns=20, subnn_width=(6, 12, 24),
-        num_active=(20, 8, 4), stem_type='cifar', num_classes=100, coding_loss_weight=6.),
+        num_active=(20, 8, 4), stem_type='cifar', coding_loss_weight=6.), cifar=True, num_classes=100,
+        dataset_stats=(CIFAR100_MEAN, CIFAR100_STD)),
     # ImageNet: ResNeXt-50 (32x4d), stage ratios 32/32, 32/32, 16/32, 8/32
-    'coded_resnext50_32x4d': dict(
+    'coded_resnext50_32x4d': Architecture(dict(
         layers=(3, 4, 6, 3), stage_channels=(256, 512, 1024, 2048), num_subnns=32, subnn_width=(4, 8, 16, 32),
-        num_active=(32, 32, 16, 8), stem_type='imagenet', num_classes=1000, coding_loss_weight=1.),
+        num_active=(32, 32, 16, 8), stem_type='imagenet', coding_loss_weight=1.), cifar=False, num_classes=1000,
+        aliases=('coded_resnext50',)),
     # Not in the paper: a small CIFAR-10 network with the same coding (10 subNNs; 10/10, 5/10,
     # 3/10) that trains on two CPU cores in minutes. For demos, tests and quick experiments.
-    'coded_resnext17_10x2d': dict(
+    'coded_resnext17_10x2d': Architecture(dict(
         layers=(1, 2, 2), stage_channels=(64, 128, 256), num_subnns=10, subnn_width=(2, 4, 8),
-        num_active=(10, 5, 3), stem_type='cifar', stem_width=32, num_classes=10, coding_loss_weight=6.),
+        num_active=(10, 5, 3), stem_type='cifar', stem_width=32, coding_loss_weight=6.), cifar=True, num_classes=10),
     # Not in the paper: the zoo's CPU-trained CIFAR-10 model. One block per stage, wide outputs
     # (128/256/512) and 10 subNNs of width 4/8/16, sized (benchmarks/RESULTS.md) so that a
-    # training run of ~12 epochs on 45,000 images fits in about an hour on a 2-core CPU.
-    'coded_resnext11_10x4d': dict(
+    # 16-epoch run on 45,000 images fits in about an hour and a half on a 2-core CPU.
+    'coded_resnext11_10x4d': Architecture(dict(
         layers=(1, 1, 1), stage_channels=(128, 256, 512), num_subnns=10, subnn_width=(4, 8, 16),
-        num_active=(10, 5, 3), stem_type='cifar', stem_width=64, num_classes=10, coding_loss_weight=6.),
+        num_active=(10, 5, 3), stem_type='cifar', stem_width=64, coding_loss_weight=6.), cifar=True, num_classes=10),
 }
-MODEL_ARCHS['coded_resnext50'] = MODEL_ARCHS['coded_resnext50_32x4d']
+# alias -> canonical name
+ALIASES: Dict[str, str] = {alias: name for name, arch in ARCHITECTURES.items() for alias in arch.aliases}
+
+
+def canonical_architecture(name: str) -> str:
+    """The table's name for `name` (an alias resolves to its architecture)."""
+    return ALIASES.get(name, name)
+
+
+# name (aliases included) -> the model arguments of timm.create_model(name)
+MODEL_ARCHS: Dict[str, Dict[str, Any]] = {
+    name: dict(ARCHITECTURES[canonical_architecture(name)].args,
+               num_classes=ARCHITECTURES[canonical_architecture(name)].num_classes)
+    for name in list(ARCHITECTURES) + list(ALIASES)}
 
 _PAPER = 'https://arxiv.org/abs/2202.05343'
 
@@ -558,18 +586,19 @@ def tagged_cfgs(arch: str, cfg: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
     return {f'{arch}.{tag}': dict(cfg, **overrides) for tag, overrides in tagged.items()}
 
 
+def architecture_cfg(name: str) -> Dict[str, Any]:
+    """timm's pretrained cfg (data config) of an architecture, without weights."""
+    arch = ARCHITECTURES[canonical_architecture(name)]
+    if not arch.cifar:
+        return _cfg(num_classes=arch.num_classes)
+    mean, std = arch.dataset_stats
+    return _cifar_cfg(arch.num_classes, mean=mean, std=std)
+
+
 def _default_cfgs() -> Dict[str, Dict[str, Any]]:
-    base = {
-        'coded_resnext29_10x11d': _cifar_cfg(10),
-        'coded_resnext29_20x6d': _cifar_cfg(100, mean=CIFAR100_MEAN, std=CIFAR100_STD),
-        'coded_resnext50_32x4d': _cfg(),
-        'coded_resnext50': _cfg(),
-        'coded_resnext17_10x2d': _cifar_cfg(10),
-        'coded_resnext11_10x4d': _cifar_cfg(10),
-    }
     cfgs = {}
-    for arch, cfg in base.items():
-        cfgs.update(tagged_cfgs(arch, cfg))
+    for name in MODEL_ARCHS:  # every architecture and alias, with its manifest tags
+        cfgs.update(tagged_cfgs(name, architecture_cfg(name)))
     return cfgs
 
 

@@ -18,16 +18,13 @@ from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 
+from .constants import CIFAR10_CLASSES
 from .errors import SchemeError, UnknownClassError
 
 __all__ = [
     'CodingScheme', 'SchemeError', 'builtin_scheme', 'list_builtin_schemes', 'builtin_name',
     'load_scheme', 'CIFAR10_CLASSES', 'generate_scheme', 'max_codewords_bound',
 ]
-
-CIFAR10_CLASSES = (
-    'airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck',
-)
 
 
 def _as_bool_table(codewords: Union[np.ndarray, Sequence[Sequence[int]], Sequence[str]]) -> np.ndarray:

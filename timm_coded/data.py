@@ -34,25 +34,18 @@ from timm.data.transforms import str_to_interp_mode
 from timm.data.transforms_factory import transforms_imagenet_train
 from timm.utils.misc import natural_key
 
-from .codes import CIFAR10_CLASSES
+from .constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 from .errors import DataError
 
 __all__ = [
     'CIFAR10_CLASSES', 'CIFAR10_MEAN', 'CIFAR10_STD', 'CIFAR100_MEAN', 'CIFAR100_STD',
     'ImageSamples', 'ImageFolderDataset', 'sample_data_dir', 'resolve_image_folder', 'load_samples',
-    'class_names', 'check_class_names', 'holdout_split', 'image_folder_for_ood', 'data_config_for',
+    'check_class_names', 'holdout_split', 'image_folder_for_ood', 'data_config_for',
     'make_transform', 'make_dataset', 'make_loader', 'check_class_count',
 ]
 
 _logger = logging.getLogger(__name__)
 
-# CIFAR-10 label order (also alphabetical, so an ImageFolder of it gets the same indices).
-# Per-channel statistics of the training splits (the true std; the often-copied
-# (0.2023, 0.1994, 0.2010) is a std of per-image means).
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
-CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 
 # Split folder names timm's create_dataset also accepts (timm.data.dataset_factory._search_split).
 _SPLIT_SYNONYMS = {
@@ -233,11 +226,6 @@ def resolve_image_folder(root: PathLike, split: Optional[str] = 'train',
     images, or (with `expected_classes`) a class set other than the expected one.
     """
     return load_samples(root, split, expected_classes).root
-
-
-def class_names(root: PathLike, split: Optional[str] = 'train') -> List[str]:
-    """Class names of an ImageFolder in timm's index order (natural sort of the folder names)."""
-    return list(load_samples(root, split).class_names)
 
 
 def holdout_split(root: PathLike, per_class: int = 500, which: str = 'last',

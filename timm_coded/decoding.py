@@ -28,7 +28,7 @@ from .layers import CodedBottleneck, EnergyRecorder
 __all__ = [
     'ModelOutputs', 'collect_outputs', 'network_blocks', 'decoder_blocks', 'early_decoding_accuracy',
     'early_predictions', 'MacsProfile', 'count_macs', 'EarlyExitOutput', 'early_exit_predict',
-    'EarlyExitPoint', 'simulate_early_exit', 'default_exit_thresholds', 'early_exit_curve',
+    'EarlyExitPoint', 'simulate_early_exit', 'default_exit_thresholds',
     'SpecializationCurve', 'default_specialization_block', 'specialization_curve',
 ]
 
@@ -318,18 +318,6 @@ def simulate_early_exit(
             float(threshold), float((prediction == outputs.targets).float().mean()), float(spent.mean()),
             float(spent.mean()) / macs.total, fractions))
     return curve
-
-
-def early_exit_curve(
-        model: CodedResNeXt,
-        loader: Iterable,
-        thresholds: Optional[Sequence[float]] = None,
-        progress: bool = False,
-) -> List[EarlyExitPoint]:
-    """`simulate_early_exit` over one pass of `loader`."""
-    outputs = collect_outputs(model, loader, progress=progress)
-    images, _ = next(iter(loader))
-    return simulate_early_exit(model, outputs, thresholds, count_macs(model, images.shape[1:]))
 
 
 # --- specialization (paper Fig. 2a) ---------------------------------------------------------------

@@ -29,7 +29,6 @@ import torch
 import torch.nn as nn
 from timm.task.classification import ClassificationTask, MultiLabelClassificationTask
 from timm.task.distillation import FeatureDistillationTask, LogitDistillationTask
-from timm.task.token_distillation import TokenDistillationTask
 from timm.utils.model import unwrap_model
 
 from .energy import coding_loss, target_codewords
@@ -39,7 +38,7 @@ from .layers import CodedBottleneck, EnergyRecord, EnergyRecorder
 __all__ = [
     'coding_loss_from_records', 'coding_loss_from_recorder', 'CodingLoss', 'CodingLossMixin',
     'CodedClassificationTask', 'CodedMultiLabelClassificationTask', 'CodedLogitDistillationTask',
-    'CodedFeatureDistillationTask', 'CodedTokenDistillationTask', 'CODED_TASKS',
+    'CodedFeatureDistillationTask', 'CODED_TASKS',
     'install_timm_tasks', 'uninstall_timm_tasks', 'timm_tasks_installed',
 ]
 
@@ -283,25 +282,18 @@ class CodedFeatureDistillationTask(CodingLossMixin, FeatureDistillationTask):
     """timm's `FeatureDistillationTask` plus the coding loss of a coded student."""
 
 
-class CodedTokenDistillationTask(CodingLossMixin, TokenDistillationTask):
-    """timm's `TokenDistillationTask` plus the coding loss of a coded student (needs a student
-    with a distillation token, which Coded ResNeXt has not; kept for other coded families)."""
-
-
 # timm.task attribute name -> coded subclass
 CODED_TASKS: Dict[str, Type[nn.Module]] = {
     'ClassificationTask': CodedClassificationTask,
     'MultiLabelClassificationTask': CodedMultiLabelClassificationTask,
     'LogitDistillationTask': CodedLogitDistillationTask,
     'FeatureDistillationTask': CodedFeatureDistillationTask,
-    'TokenDistillationTask': CodedTokenDistillationTask,
 }
 _ORIGINAL_TASKS: Dict[str, Type[nn.Module]] = {
     'ClassificationTask': ClassificationTask,
     'MultiLabelClassificationTask': MultiLabelClassificationTask,
     'LogitDistillationTask': LogitDistillationTask,
     'FeatureDistillationTask': FeatureDistillationTask,
-    'TokenDistillationTask': TokenDistillationTask,
 }
 
 
