@@ -203,3 +203,26 @@ def test_coded_conv3_is_initialised_like_the_authors_grouped_conv():
         # timm's dense init sqrt(2 / C) is kept where the block is an ordinary (uncoded) ResNeXt block
         expected = (2. / (block.num_subnns * c_out)) ** 0.5 if block.coded else (2. / c_out) ** 0.5
         assert std == pytest.approx(expected, rel=0.05), name
+
+
+def test_the_block_loss_and_decoder_share_one_normalisation(monkeypatch):
+    # energy.py owns the arithmetic: changing normalization_scale changes the block's output,
+    # and the loss / decoder read the same normalised energies (a one-file change)
+    import timm_coded.energy as energy
+    import timm_coded.layers as layers
+
+    torch.manual_seed(0)
+    block = CodedBottleneck(32, 32, num_subnns=4, subnn_width=2, num_active=2).eval()
+    torch.nn.init.ones_(block.bn3.weight)
+    x = torch.randn(3, 32, 8, 8)
+    with torch.no_grad():
+        reference = block(x)[0]
+    monkeypatch.setattr(layers, 'normalization_scale', lambda e, n: 2 * energy.normalization_scale(e, n))
+    with torch.no_grad():
+        doubled = block(x)[0]
+    assert not torch.allclose(doubled, reference)
+    e = torch.rand(5, 4)
+    words = torch.tensor([[1., 1., 0., 0.]] * 5)
+    assert torch.allclose(energy.rescaled_energies(e, 2, 4).sum(1), torch.full((5,), 2.))
+    torch.testing.assert_close(energy.coding_loss(e, words, 2, 4),
+                               (energy.rescaled_energies(e, 2, 4) - words).abs().pow(4).mean())

@@ -1,5 +1,9 @@
 """Energy arithmetic of coded blocks: subNN energies, normalization, coding loss, decoding scores.
 
+THE owner of this arithmetic: the block (layers.py), the coding loss (training.py), early
+decoding (decoding.py) and evaluation all call these functions, so changing how energies are
+normalised is a change to this file only.
+
 Notation (paper): a coded block has N subNNs; subNN n outputs t_n = W_n h_n where h_n is its
 d-channel slice of the input of the block's last 1x1 conv and W_n the matching d input
 columns of that conv. E_n = mean over (C, H, W) of t_n^2. The normalised energies
@@ -16,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    'subnn_energies', 'normalized_energies', 'target_codewords', 'coding_loss', 'decoding_scores',
-    'decode', 'NORM_EPS',
+    'subnn_energies', 'normalization_scale', 'normalized_energies', 'rescaled_energies', 'target_codewords',
+    'coding_loss', 'decoding_scores', 'decode', 'NORM_EPS',
 ]
 
 # Added to the mean energy before the square root: keeps an all-zero input finite.
@@ -47,6 +51,15 @@ def subnn_energies(h: torch.Tensor, conv_weight: torch.Tensor, num_subnns: int) 
     return energies.clamp_min(0.)
 
 
+def normalization_scale(energies: torch.Tensor, num_subnns: int, eps: float = NORM_EPS) -> torch.Tensor:
+    """The coded block's output scale, (B,): 1 / sqrt(mean_n E_n + eps) with the block's original N.
+
+    The block multiplies the sum of its subNN outputs by this, so the subNNs' energies after the
+    block are `normalized_energies` (E_bar = E * scale^2, summing to N).
+    """
+    return torch.rsqrt(energies.sum(dim=1) / num_subnns + eps)  # eps an argument: TorchScript takes no globals
+
+
 def normalized_energies(energies: torch.Tensor, num_subnns: Optional[int] = None) -> torch.Tensor:
     """E_bar = N * E / sum(E): sums to N (the energies after the block's normalization).
 
@@ -56,6 +69,14 @@ def normalized_energies(energies: torch.Tensor, num_subnns: Optional[int] = None
     n = energies.shape[-1] if num_subnns is None else num_subnns
     energies = energies.float()
     return energies * (n / (energies.sum(dim=-1, keepdim=True) + n * NORM_EPS))
+
+
+def rescaled_energies(energies: torch.Tensor, num_active: int, num_subnns: Optional[int] = None) -> torch.Tensor:
+    """r * E_bar (r = N_act / N): the normalised energies rescaled to sum to N_act, the scale of a
+    codeword. The coding loss compares them with the class's codeword; early decoding finds the
+    nearest codeword to them."""
+    n = energies.shape[-1] if num_subnns is None else num_subnns
+    return (num_active / n) * normalized_energies(energies, n)
 
 
 def target_codewords(target: torch.Tensor, codewords: torch.Tensor, batch_size: Optional[int] = None) -> torch.Tensor:
@@ -93,9 +114,7 @@ def coding_loss(
         threshold: float = 0.,
 ) -> torch.Tensor:
     """L_code = mean over batch and subNNs of max(|r E_bar_n - w_n| - threshold, 0)^power."""
-    n = energies.shape[-1] if num_subnns is None else num_subnns
-    ratio = num_active / n
-    error = (ratio * normalized_energies(energies, n) - target_words.float()).abs()
+    error = (rescaled_energies(energies, num_active, num_subnns) - target_words.float()).abs()
     if threshold > 0:
         error = F.relu(error - threshold)
     return error.pow(power).mean()
@@ -104,8 +123,7 @@ def coding_loss(
 def decoding_scores(energies: torch.Tensor, codewords: torch.Tensor, num_active: int) -> torch.Tensor:
     """Early-decoding scores (B, K): minus the squared distance between the energies rescaled to
     sum to N_act and every class's codeword. argmax = the paper's nearest-codeword decoder."""
-    n = codewords.shape[-1]
-    v = normalized_energies(energies, n) * (num_active / n)
+    v = rescaled_energies(energies, num_active, codewords.shape[-1])
     return -torch.cdist(v, codewords.float().to(v.device)).pow(2)
 
 

@@ -24,7 +24,7 @@ from .decoding import (
     MacsProfile, ModelOutputs, SpecializationCurve, collect_outputs, count_macs, decoder_blocks,
     early_decoding_accuracy, simulate_early_exit, specialization_curve,
 )
-from .energy import normalized_energies
+from .energy import rescaled_energies
 from .errors import TimmCodedError
 
 __all__ = [
@@ -47,7 +47,7 @@ def mean_energies_per_class(model: CodedResNeXt, outputs: ModelOutputs) -> Dict[
     result = {}
     for name, block in decoder_blocks(model):
         num_classes, num_subnns = block.codewords.shape
-        scaled = normalized_energies(outputs.energies[name], num_subnns) * (block.num_active / num_subnns)
+        scaled = rescaled_energies(outputs.energies[name], block.num_active, num_subnns)
         sums = torch.zeros(num_classes, num_subnns).index_add_(0, outputs.targets, scaled)
         counts = torch.bincount(outputs.targets, minlength=num_classes).float().unsqueeze(1)
         means = sums / counts

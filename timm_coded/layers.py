@@ -13,7 +13,7 @@ import torch.nn as nn
 from timm.layers import register_notrace_function
 from timm.models._manipulate import checkpoint
 
-from .energy import NORM_EPS, subnn_energies
+from .energy import normalization_scale, subnn_energies
 
 __all__ = [
     'CodedBottleneck', 'CodedStage', 'EnergyTap', 'draw_subnn_mask', 'coded_blocks', 'EnergyRecord',
@@ -97,7 +97,6 @@ class CodedBottleneck(nn.Module):
         self.coded = num_active < num_subnns
         self.drop_subnn_rate = float(drop_subnn_rate)
         self.new_mask = new_mask
-        self.norm_eps = NORM_EPS
         width = self.num_present * subnn_width
 
         self.conv1 = nn.Conv2d(in_chs, width, kernel_size=1, bias=False, **dd)
@@ -151,7 +150,7 @@ class CodedBottleneck(nn.Module):
             # Normalization, gate and dropSubNNs are all per-(sample, subNN) scalings of h_n, and
             # conv3 is linear: fold them into one multiplier on h instead of scaling the C-channel
             # output (less memory, and no N separate outputs are ever formed).
-            scale = torch.rsqrt(energies.sum(dim=1) / self.num_subnns + self.norm_eps)
+            scale = normalization_scale(energies, self.num_subnns)
             multiplier = scale.unsqueeze(1) * gate
             if self.training and self.drop_subnn_rate > 0.:
                 if mask is None or self.new_mask:  # new_mask is set wherever the scheme (so N) changes
