@@ -38,7 +38,7 @@ def test_generate_writes_the_table_and_reports_metrics(tmp_path, capsys):
     assert saved == generate_scheme(10, 10, 5, min_distance=4, seed=2)  # same call, same table
     assert saved.source.startswith('timm_coded.codes.generate_scheme(10, 10, 5, min_distance=4, seed=2)')
     assert json.loads(out_file.read_text())['format'] == 'timm-coded-scheme/1'
-    assert not list(tmp_path.glob('*.tmp'))
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith('.tmp')]  # hidden ones too
 
 
 def test_generate_without_out_prints_json_and_metrics_on_stderr(capsys):

@@ -14,7 +14,8 @@ from typing import Dict, Iterator, List, Optional, Set
 
 from .errors import TimmCodedError
 
-__all__ = ['OUTPUTS_RECORD', 'StagedOutput', 'written_files', 'umask_mode', 'sigterm_as_keyboard_interrupt']
+__all__ = ['OUTPUTS_RECORD', 'StagedOutput', 'written_files', 'umask_mode', 'atomic_write_text',
+           'sigterm_as_keyboard_interrupt']
 
 OUTPUTS_RECORD = '.timm-coded-outputs.json'
 
@@ -24,6 +25,26 @@ def umask_mode(base: int = 0o666) -> int:
     mask = os.umask(0)
     os.umask(mask)
     return base & ~mask
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write a file so that it is either the old one or the complete new one: a temporary file in
+    the same folder, flushed and fsynced, then renamed over `path` (a symlink's target is replaced).
+    Any failure (a folder at `path`, a full disk, Ctrl-C) removes the temporary file."""
+    path = Path(path)
+    target = path.resolve() if path.is_symlink() else path
+    fd, tmp = tempfile.mkstemp(prefix=f'.{target.name}.', suffix='.tmp', dir=target.parent)
+    try:
+        with os.fdopen(fd, 'w', encoding='utf-8') as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, umask_mode())  # mkstemp makes 0600; give what a plain open() would have
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
 
 
 def written_files(folder: Path) -> Set[str]:

@@ -229,17 +229,9 @@ class CodingScheme:
         return cls.from_dict(d)
 
     def save(self, path: Union[str, Path]) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + '.tmp')
-        try:
-            tmp.write_text(self.to_json())
-            tmp.replace(path)  # atomic: a failed write never leaves half a file
-        except BaseException:  # a folder at `path`, a full disk, Ctrl-C: leave no .tmp behind
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
-            raise
+        from ._io import atomic_write_text
+
+        atomic_write_text(Path(path), self.to_json())  # never half a file, never a stray .tmp
 
     def __eq__(self, other) -> bool:
         return isinstance(other, CodingScheme) and np.array_equal(self.codewords, other.codewords)

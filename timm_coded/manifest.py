@@ -31,12 +31,11 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
-from ._io import umask_mode
+from ._io import atomic_write_text
 from .errors import ManifestError
 
 __all__ = [
@@ -441,18 +440,7 @@ def save_manifest(manifest: Manifest, path: Optional[Union[str, Path]] = None) -
     path = Path(path) if path is not None else default_manifest_path()
     target = path.resolve() if path.is_symlink() or path.exists() else path
     target.parent.mkdir(parents=True, exist_ok=True)
-    text = manifest.to_json()
-    fd, tmp = tempfile.mkstemp(prefix=f'.{target.name}.', suffix='.tmp', dir=target.parent)
-    try:
-        with os.fdopen(fd, 'w', encoding='utf-8') as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, umask_mode())  # mkstemp makes 0600; give what a plain open() would have
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(target, manifest.to_json())
     _CACHE.pop(target.resolve(), None)
     return target
 
