@@ -214,3 +214,18 @@ def test_extract_hub_ready_folders_for_publish(checkpoint, data_dir, tmp_path, c
     assert artifact.meta['parent']['artifact'] == f'{SMALL}.cifar10'
     assert_error(capsys, run_cli('extract', checkpoint, '--model', SMALL, '--out', tmp_path / 'x', '--repo', 'a/b'),
                  '--repo and --tag go together')
+
+
+def test_extracted_folders_and_weights_follow_the_umask(checkpoint, data_dir, tmp_path):
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        assert run_cli('extract', checkpoint, '--model', SMALL, '--classes', 'cat', '--data-dir', data_dir,
+                       '--out', tmp_path / 'out', '--repo', 'me/x', '--tag', 'c10', '--batch-size', 16) == 0
+    finally:
+        os.umask(previous)
+    modes = {p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in tmp_path.rglob('*')}
+    assert modes['out'] == modes['out/cat'] == 0o755  # not mkdtemp's 0700
+    assert modes['out/cat/model.safetensors'] == modes['out/cat/config.json'] == 0o644  # not 0600

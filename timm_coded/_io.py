@@ -14,7 +14,7 @@ from typing import Dict, Iterator, List, Optional, Set
 
 from .errors import TimmCodedError
 
-__all__ = ['OUTPUTS_RECORD', 'StagedOutput', 'written_files', 'umask_mode', 'atomic_write_text',
+__all__ = ['OUTPUTS_RECORD', 'StagedOutput', 'written_files', 'umask_mode', 'atomic_write_text', 'normalise_modes',
            'sigterm_as_keyboard_interrupt']
 
 OUTPUTS_RECORD = '.timm-coded-outputs.json'
@@ -45,6 +45,15 @@ def atomic_write_text(path: Path, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+def normalise_modes(folder: Path) -> None:
+    """Give every file and folder below `folder` the mode a plain open()/mkdir() would: some writers
+    create 0600 files (safetensors' save_file, mkstemp) or 0700 folders (mkdtemp)."""
+    file_mode, dir_mode = umask_mode(0o666), umask_mode(0o777)
+    for path in Path(folder).rglob('*'):
+        if not path.is_symlink():
+            os.chmod(path, dir_mode if path.is_dir() else file_mode)
 
 
 def written_files(folder: Path) -> Set[str]:
@@ -125,6 +134,7 @@ class StagedOutput:
                 target.unlink()
                 removed.append(name)
                 _remove_empty_parents(target.parent, self.out)
+        normalise_modes(self.tmp)
         for name in new:
             target = self.out / name
             if target.is_dir() and not target.is_symlink():

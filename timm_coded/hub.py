@@ -33,6 +33,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 
+from ._io import normalise_modes, umask_mode
 from .errors import CheckpointMismatchError, IntegrityError, ManifestError, TimmCodedError, UnknownClassError
 from .manifest import (
     Artifact, ArtifactFile, BinaryInfo, HubLocation, Location, Manifest, PackageLocation, load_manifest,
@@ -420,7 +421,8 @@ def export_artifact(
         names = sorted(p.name for p in tmp.iterdir())
         if names != sorted(ARTIFACT_FILES):
             raise RuntimeError(f'export wrote {names}, expected {sorted(ARTIFACT_FILES)}')
-        os.chmod(tmp, 0o755)
+        os.chmod(tmp, umask_mode(0o777))  # mkdtemp makes 0700; give what a plain mkdir would have
+        normalise_modes(tmp)  # safetensors writes 0600 files
         if out_dir.exists():
             trash = Path(tempfile.mkdtemp(prefix=f'.{out_dir.name}.', suffix='.old', dir=out_dir.parent))
             os.replace(out_dir, trash / 'old')
