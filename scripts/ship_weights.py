@@ -12,27 +12,17 @@ metric is measured on them); binary thresholds are fitted on the first --calibra
 training images of each class (F1-maximising, as in the paper).
 """
 import argparse
-import dataclasses
 import json
 import tempfile
 from pathlib import Path
 
 import timm_coded  # noqa: F401  (registers the models)
 from timm_coded.binary import load_checkpoint
-from timm_coded.data import holdout_split, make_loader
+from timm_coded.data import first_per_class, holdout_split, make_loader
 from timm_coded.evaluation import evaluate
 from timm_coded.extraction import extract_binary_classifiers
 from timm_coded.hub import export_artifact, ship_in_package
 from timm_coded.plots import save_report_plots
-
-
-def _first_per_class(samples, limit: int):
-    kept, seen = [], {}
-    for path, target in samples.samples:
-        seen[target] = seen.get(target, 0) + 1
-        if seen[target] <= limit:
-            kept.append((path, target))
-    return dataclasses.replace(samples, samples=tuple(kept))
 
 
 def main() -> None:
@@ -53,7 +43,7 @@ def main() -> None:
     arch = history['model']
     model = load_checkpoint(arch, args.run / 'model.safetensors').eval()
     train, val = holdout_split(args.data_dir, per_class=args.holdout_per_class, expected_classes=model.class_names)
-    calibration = _first_per_class(train, args.calibration_per_class)
+    calibration = first_per_class(train, args.calibration_per_class)
     loader_args = dict(model_or_data_config=model, train=False, batch_size=250, expected_classes=model.class_names)
     calibration_loader = make_loader(calibration, **loader_args)
     validation_loader = make_loader(val, **loader_args)

@@ -27,3 +27,19 @@ def assert_close_at_scale(actual: torch.Tensor, expected: torch.Tensor, rtol: fl
     while any slicing or gating mistake moves logits by O(1) of their scale."""
     scale = float(expected.detach().abs().max()) if expected.numel() else 1.
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * max(scale, 1e-6))
+
+
+def randomised(name: str = 'coded_resnext17_10x2d', seed: int = 0, **kwargs) -> torch.nn.Module:
+    """A model with random weights AND non-trivial BN statistics/affines (zero-init gammas undone),
+    in eval mode: what a trained network looks like to tests of slicing, decoding and reports."""
+    import timm
+
+    torch.manual_seed(seed)
+    model = timm.create_model(name, **kwargs)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.3, 0.3)
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 2.0)
+    return model.eval()

@@ -15,24 +15,11 @@ from timm_coded.binary import (
     CodedBinaryClassifier, binary_architecture, binary_metrics, binary_model_args, calibrate_threshold,
     count_parameters, gate_to_class, load_checkpoint, parameter_share, slice_binary,
 )
-from conftest import assert_close_at_scale
+from conftest import assert_close_at_scale, randomised
 
 # (model, input size) - the small CPU model and the paper's three; ImageNet at a small input
 CIFAR_MODELS = ['coded_resnext17_10x2d', 'coded_resnext29_10x11d', 'coded_resnext29_20x6d']
 IMAGENET = 'coded_resnext50_32x4d'
-
-
-def randomised(name, seed=0, **kwargs):
-    """A model with random weights AND non-trivial BN statistics/affines (zero-init gammas undone)."""
-    torch.manual_seed(seed)
-    model = timm.create_model(name, **kwargs)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.3, 0.3)
-            m.running_mean.uniform_(-0.3, 0.3)
-            m.running_var.uniform_(0.5, 2.0)
-    return model.eval()
 
 
 def assert_binary_matches_gated_parent(parent, classes, x):

@@ -15,20 +15,9 @@ from timm_coded.decoding import (
 )
 from timm_coded.evaluation import evaluate, mean_energies_per_class
 from timm_coded.plots import save_report_plots
+from conftest import randomised
 
 SMALL = 'coded_resnext17_10x2d'
-
-
-def randomised(name=SMALL, seed=0):
-    torch.manual_seed(seed)
-    model = timm.create_model(name)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):  # undo zero-init gammas, give BN real statistics
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.3, 0.3)
-            m.running_mean.uniform_(-0.3, 0.3)
-            m.running_var.uniform_(0.5, 2.0)
-    return model.eval()
 
 
 @pytest.fixture(scope='module')

@@ -13,22 +13,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from timm_coded import plots
 from timm_coded.demo import DemoConfig, _report_markdown
 from timm_coded.evaluation import evaluate
+from conftest import randomised
 
 SMALL = 'coded_resnext17_10x2d'
 SECONDS = 2596.4
 PNG = b'\x89PNG\r\n\x1a\n'
-
-
-def randomised(name=SMALL, seed=0):
-    torch.manual_seed(seed)
-    model = timm.create_model(name)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):  # undo zero-init gammas, give BN real statistics
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.3, 0.3)
-            m.running_mean.uniform_(-0.3, 0.3)
-            m.running_var.uniform_(0.5, 2.0)
-    return model.eval()
 
 
 @pytest.fixture(scope='module')

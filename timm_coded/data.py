@@ -40,7 +40,7 @@ from .errors import DataError
 __all__ = [
     'CIFAR10_CLASSES', 'CIFAR10_MEAN', 'CIFAR10_STD', 'CIFAR100_MEAN', 'CIFAR100_STD',
     'ImageSamples', 'ImageFolderDataset', 'sample_data_dir', 'resolve_image_folder', 'load_samples',
-    'check_class_names', 'holdout_split', 'image_folder_for_ood', 'data_config_for',
+    'check_class_names', 'holdout_split', 'first_per_class', 'image_folder_for_ood', 'data_config_for',
     'make_transform', 'make_dataset', 'make_loader', 'check_class_count',
 ]
 
@@ -257,6 +257,16 @@ def holdout_split(root: PathLike, per_class: int = 500, which: str = 'last',
     order = lambda p: natural_key(p[0])  # noqa: E731 - keep timm's reader order within each part
     return (ImageSamples(full.root, full.class_names, tuple(sorted(train, key=order))),
             ImageSamples(full.root, full.class_names, tuple(sorted(val, key=order))))
+
+
+def first_per_class(samples: ImageSamples, limit: int) -> ImageSamples:
+    """The first `limit` samples of each class, in the samples' order (a smaller, fixed subset)."""
+    kept, seen = [], {}
+    for path, target in samples.samples:
+        seen[target] = seen.get(target, 0) + 1
+        if seen[target] <= limit:
+            kept.append((path, target))
+    return ImageSamples(samples.root, samples.class_names, tuple(kept))
 
 
 def image_folder_for_ood(root: PathLike) -> ImageSamples:

@@ -44,7 +44,7 @@ class DemoConfig:
 
 
 def _data(cfg: DemoConfig, model):
-    from .data import holdout_split, load_samples, sample_data_dir
+    from .data import first_per_class, holdout_split, load_samples, sample_data_dir
 
     root = Path(cfg.data_dir) if cfg.data_dir is not None else sample_data_dir()
     classes = model.class_names
@@ -59,20 +59,9 @@ def _data(cfg: DemoConfig, model):
         split = (f'{root}: the last {cfg.holdout_per_class} images of each class held out for evaluation '
                  f'({len(val)}); the rest ({len(train)}) for training and calibration')
     if cfg.limit_per_class:
-        train, val = (_first_per_class(s, cfg.limit_per_class) for s in (train, val))
+        train, val = (first_per_class(s, cfg.limit_per_class) for s in (train, val))
         split += f'; limited to the first {cfg.limit_per_class} images per class of each'
     return train, val, split
-
-
-def _first_per_class(samples, limit: int):
-    import dataclasses
-
-    kept, seen = [], {}
-    for path, target in samples.samples:
-        seen[target] = seen.get(target, 0) + 1
-        if seen[target] <= limit:
-            kept.append((path, target))
-    return dataclasses.replace(samples, samples=tuple(kept))
 
 
 def run_demo(cfg: DemoConfig, log=print) -> Dict[str, Any]:

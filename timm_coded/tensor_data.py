@@ -42,23 +42,27 @@ class TensorBatchLoader:
     train=True: a new seeded shuffle every epoch, pad-and-crop by `pad` pixels and a random
     horizontal flip, last partial batch dropped. train=False: in order, no augmentation.
     `channels_last` returns batches in that memory format (the CPU fast path's layout).
+    Every draw and op runs on the images' device: uint8 images moved to a GPU are augmented
+    there. Targets come on `targets_device` (default: the images' device).
     """
 
     def __init__(self, images: torch.Tensor, targets: torch.Tensor, batch_size: int, *, train: bool,
                  mean: Sequence[float], std: Sequence[float], pad: int = 4, flip: bool = True,
-                 seed: int = 0, channels_last: bool = False) -> None:
+                 seed: int = 0, channels_last: bool = False,
+                 targets_device: Optional[torch.device] = None) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f'images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}')
         if batch_size < 1:
             raise ValueError(f'batch_size must be positive, not {batch_size}')
         if train and len(images) < batch_size:
             raise DataError(f'{len(images)} training images make no full batch of {batch_size}')
-        self.images, self.targets = images, targets
+        device = images.device
+        self.images, self.targets = images, targets.to(targets_device or device)
         self.batch_size, self.train = batch_size, train
         self.pad, self.flip, self.seed = pad, flip, seed
         self.channels_last = channels_last
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255
-        self.inv_std = 1. / (torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255)
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255
+        self.inv_std = 1. / (torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255)
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -69,23 +73,27 @@ class TensorBatchLoader:
         self.epoch = epoch
 
     def _augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        b, _, h, w = x.shape
+        b, c, h, w = x.shape
+        device = x.device
         if self.pad:
             padded = F.pad(x, (self.pad,) * 4)
-            dy = torch.randint(0, 2 * self.pad + 1, (b,), generator=generator)
-            dx = torch.randint(0, 2 * self.pad + 1, (b,), generator=generator)
-            rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
-            cols = (dx[:, None] + torch.arange(w))[:, None, None, :]
-            x = padded[torch.arange(b)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None], rows, cols]
+            dy = torch.randint(0, 2 * self.pad + 1, (b,), generator=generator, device=device)
+            dx = torch.randint(0, 2 * self.pad + 1, (b,), generator=generator, device=device)
+            rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None]
+            cols = (dx[:, None] + torch.arange(w, device=device))[:, None, None, :]
+            x = padded[torch.arange(b, device=device)[:, None, None, None],
+                       torch.arange(c, device=device)[None, :, None, None], rows, cols]
         if self.flip:
-            flipped = torch.rand(b, generator=generator) < 0.5
+            flipped = torch.rand(b, generator=generator, device=device) < 0.5
             x = torch.where(flipped[:, None, None, None], x.flip(3), x)
         return x
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        device = self.images.device
+        generator = torch.Generator(device=device).manual_seed(self.seed * 100_003 + self.epoch)
         n = len(self.images)
-        order = torch.randperm(n, generator=generator) if self.train else torch.arange(n)
+        order = (torch.randperm(n, generator=generator, device=device) if self.train
+                 else torch.arange(n, device=device))
         if self.train:
             self.epoch += 1
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -95,4 +103,4 @@ class TensorBatchLoader:
             if self.train:
                 x = self._augment(x, generator)
             x = ((x.float() - self.mean) * self.inv_std).contiguous(memory_format=memory_format)
-            yield x, self.targets[idx]
+            yield x, self.targets[idx.to(self.targets.device)]

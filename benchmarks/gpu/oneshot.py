@@ -290,58 +290,11 @@ def load_cifar(root: Path, per_class: int, workers: int) -> Dict[str, Any]:
 
 
 def make_device_loader_class():
-    """`TensorBatchLoader` whose uint8 images live on a device (the GPU) and are augmented there."""
-    import torch
-    import torch.nn.functional as F
+    """The loader for uint8 images on a device (the GPU): `TensorBatchLoader` runs every draw and op
+    on its images' device, so it augments on the GPU as it does on the CPU."""
     from timm_coded.tensor_data import TensorBatchLoader
 
-    class DeviceBatchLoader(TensorBatchLoader):
-        """Same batches as TensorBatchLoader (pad-and-crop + flip for train=True), with every random
-        draw, index and arithmetic op on the images' device. Targets come on `targets_device`
-        (default: the images' device; timm_coded.trainer.evaluate_accuracy wants them on the CPU)."""
-
-        def __init__(self, images, targets, batch_size, *, train, mean, std, pad=4, flip=True, seed=0,
-                     channels_last=False, targets_device=None) -> None:
-            super().__init__(images, targets, batch_size, train=train, mean=mean, std=std, pad=pad, flip=flip,
-                             seed=seed, channels_last=channels_last)
-            device = images.device
-            self.mean, self.inv_std = self.mean.to(device), self.inv_std.to(device)
-            self.targets = targets.to(targets_device or device)
-
-        def _augment(self, x, generator):
-            b, c, h, w = x.shape
-            device = x.device
-            if self.pad:
-                padded = F.pad(x, (self.pad,) * 4)
-                dy = torch.randint(0, 2 * self.pad + 1, (b,), generator=generator, device=device)
-                dx = torch.randint(0, 2 * self.pad + 1, (b,), generator=generator, device=device)
-                rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None]
-                cols = (dx[:, None] + torch.arange(w, device=device))[:, None, None, :]
-                x = padded[torch.arange(b, device=device)[:, None, None, None],
-                           torch.arange(c, device=device)[None, :, None, None], rows, cols]
-            if self.flip:
-                flipped = torch.rand(b, generator=generator, device=device) < 0.5
-                x = torch.where(flipped[:, None, None, None], x.flip(3), x)
-            return x
-
-        def __iter__(self):
-            device = self.images.device
-            generator = torch.Generator(device=device).manual_seed(self.seed * 100_003 + self.epoch)
-            n = len(self.images)
-            order = (torch.randperm(n, generator=generator, device=device) if self.train
-                     else torch.arange(n, device=device))
-            if self.train:
-                self.epoch += 1
-            memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-            for i in range(len(self)):
-                idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-                x = self.images[idx]
-                if self.train:
-                    x = self._augment(x, generator)
-                x = ((x.float() - self.mean) * self.inv_std).contiguous(memory_format=memory_format)
-                yield x, self.targets[idx.to(self.targets.device)]
-
-    return DeviceBatchLoader
+    return TensorBatchLoader
 
 
 # --- stage 1: timm's train.py -------------------------------------------------------------------
