@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -327,33 +328,28 @@ def slice_binary(model: CodedResNeXt, cls: Union[int, str], threshold: float = 0
     return binary
 
 
-class gate_to_class:
-    """Context manager: remove, in every coded block, the subNNs inactive for class `cls`.
+@contextmanager
+def gate_to_class(model: CodedResNeXt, cls: Union[int, str]) -> Iterator[CodedResNeXt]:
+    """Remove, in every coded block, the subNNs inactive for class `cls` (a context manager).
 
     `with gate_to_class(model, k): model(x)[:, k]` is the masked full model whose logit the
     sliced binary classifier of k reproduces. The gates are restored on exit.
     """
-
-    def __init__(self, model: CodedResNeXt, cls: Union[int, str]) -> None:
-        self.model = model
-        self.class_index, _ = _resolve_class(model, cls)
-        self._saved: List[Tuple[CodedBottleneck, torch.Tensor]] = []
-
-    def __enter__(self) -> CodedResNeXt:
-        for (stage_name, blocks), scheme in zip(_stage_blocks(self.model), self.model.schemes):
+    class_index, _ = _resolve_class(model, cls)
+    saved: List[Tuple[CodedBottleneck, torch.Tensor]] = []
+    try:
+        for (stage_name, blocks), scheme in zip(_stage_blocks(model), model.schemes):
             if scheme is None or scheme.is_uncoded:
                 continue
-            word = torch.from_numpy(scheme.codewords[self.class_index].astype(np.float32))
+            word = torch.from_numpy(scheme.codewords[class_index].astype(np.float32))
             for _, block in blocks:
-                self._saved.append((block, block.subnn_gate.clone()))
+                saved.append((block, block.subnn_gate.clone()))
                 present = torch.as_tensor(block.present_subnns)
                 block.subnn_gate.copy_(word[present].to(block.subnn_gate))
-        return self.model
-
-    def __exit__(self, *exc) -> None:
-        for block, gate in self._saved:
+        yield model
+    finally:
+        for block, gate in saved:
             block.subnn_gate.copy_(gate)
-        self._saved = []
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -18,7 +18,7 @@ the sha256 of every file; downloads are verified against it.
 """
 from __future__ import annotations
 
-import hashlib
+import io
 import json
 import logging
 import math
@@ -32,6 +32,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+from huggingface_hub.utils.sha import git_hash, sha_fileobj
 
 from ._io import normalise_modes, umask_mode
 from .errors import CheckpointMismatchError, IntegrityError, ManifestError, TimmCodedError, UnknownClassError
@@ -60,7 +61,6 @@ MAIN_BRANCH = 'main'
 _REPO_HOUSEKEEPING = frozenset({'.gitattributes'})
 _TAG_RE = re.compile(r'^[a-z0-9][a-z0-9_]*$')
 _REPO_ID_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$')
-_CHUNK = 1 << 20
 
 PathLike = Union[str, os.PathLike]
 
@@ -68,21 +68,14 @@ PathLike = Union[str, os.PathLike]
 # ---------------------------------------------------------------------------------------------- hashing
 
 def sha256_file(path: PathLike) -> str:
-    h = hashlib.sha256()
+    """sha256 of a file's content (hex), streamed: huggingface_hub's own hashing (what LFS records)."""
     with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b''):
-            h.update(chunk)
-    return h.hexdigest()
+        return sha_fileobj(f).hex()
 
 
 def git_blob_sha1(path: PathLike) -> str:
     """The git object id of a file's content: what the Hub reports as `blob_id` for non-LFS files."""
-    size = os.path.getsize(path)
-    h = hashlib.sha1(b'blob %d\0' % size)
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b''):
-            h.update(chunk)
-    return h.hexdigest()
+    return git_hash(Path(path).read_bytes())
 
 
 def artifact_branch(kind: str, class_name: Optional[str] = None) -> str:
@@ -452,8 +445,7 @@ class LocalFile:
 
     @classmethod
     def from_bytes(cls, name: str, data: bytes) -> 'LocalFile':
-        blob_id = hashlib.sha1(b'blob %d\0' % len(data) + data).hexdigest()
-        return cls(name, None, len(data), hashlib.sha256(data).hexdigest(), blob_id, data)
+        return cls(name, None, len(data), sha_fileobj(io.BytesIO(data)).hex(), git_hash(data), data)
 
     def read_bytes(self) -> bytes:
         return self.data if self.data is not None else self.local_path.read_bytes()
