@@ -13,10 +13,11 @@ from timm_coded.errors import CheckpointMismatchError, IntegrityError
 from timm_coded.manifest import load_manifest
 
 ARCH = 'coded_resnext17_10x2d'
+ZOO = 'coded_resnext11_10x4d'  # has shipped weights
 
 
 def _default_full_artifact():
-    return next(a for a in load_manifest().find(architecture=ARCH) if a.kind == 'full')
+    return next(a for a in load_manifest().find(architecture=ZOO) if a.kind == 'full')
 
 
 def test_timm_pretrained_loading_verifies_the_manifest_sha256(monkeypatch):

@@ -16,7 +16,7 @@ from ._io import sigterm_as_keyboard_interrupt
 from .errors import TimmCodedError
 
 # (module in timm_coded._cli) — order is the order shown in --help
-_COMMAND_MODULES = ('demo', 'schemes', 'extract', 'evaluate', 'publish')
+_COMMAND_MODULES = ('demo', 'schemes', 'extract', 'evaluate', 'publish', 'export_onnx')
 
 
 def build_parser() -> argparse.ArgumentParser:

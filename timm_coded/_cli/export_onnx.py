@@ -1,0 +1,37 @@
+"""`timm-coded export-onnx MODEL --out FILE`: a coded model, a binary classifier or any timm model
+as ONNX (dynamic batch), checked in onnxruntime before it is written."""
+import argparse
+from pathlib import Path
+
+from ..errors import TimmCodedError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        'export-onnx', help='export a model (full, binary classifier, local folder) to ONNX, checked in onnxruntime',
+        description='Export to ONNX with a dynamic batch dimension (input "input", output "logits"). MODEL is a '
+                    'timm name with pretrained weights (coded_resnext11_10x4d, '
+                    'coded_resnext11_10x4d_binary.cifar10_cat), local-dir:FOLDER (an extracted classifier) or '
+                    'hf-hub:ORG/NAME[@REVISION].')
+    p.add_argument('model', metavar='MODEL')
+    p.add_argument('--out', type=Path, required=True, help='the .onnx file to write')
+    p.add_argument('--opset', type=int, default=17)
+    p.add_argument('--overwrite', action='store_true', help='replace an existing --out file')
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.out.exists() and not args.overwrite:
+        raise TimmCodedError(f'--out {args.out} already exists; pass --overwrite to replace it')
+    import timm
+
+    from ..onnx_export import export_onnx
+
+    try:
+        model = timm.create_model(args.model, pretrained=True)
+    except RuntimeError as e:  # timm: unknown model, no pretrained weights
+        raise TimmCodedError(f'cannot build {args.model!r} with weights: {e}') from None
+    export_onnx(model, args.out, opset=args.opset)
+    print(f'wrote {args.out} ({args.out.stat().st_size:,} bytes): {args.model}, opset {args.opset}, dynamic batch; '
+          'onnxruntime output checked against PyTorch')
+    return 0
