@@ -138,7 +138,8 @@ def test_export_writes_a_timm_hub_folder(exports):
     assert set(config['pretrained_cfg']) <= {f.name for f in fields(PretrainedCfg)}
     assert config['pretrained_cfg']['tag'] == 'toy_b'
     meta = config['timm_coded']
-    assert meta['kind'] == 'binary' and meta['revision'] == 'binary-b'
+    assert meta['kind'] == 'binary' and 'revision' not in meta  # the Hub layout is decided at publish time
+    assert read_export(exports.folders['b']).branch == 'binary-b'
     assert meta['binary'] == {'class_index': 1, 'class_name': 'b', 'threshold': 0.25}
     # where the parent is published is not assumed at export time (publish looks it up)
     assert meta['parent'] == {'artifact': 'test_resnet.toy', 'repo_id': None, 'revision': None, 'commit': None}

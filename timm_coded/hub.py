@@ -152,7 +152,6 @@ def _normalise_card(card: Mapping[str, Any]) -> Dict[str, Any]:
         bad = [k for k in ('class_index', 'class_name', 'threshold') if k in card]
         if bad:
             raise TimmCodedError(f'{bad} only apply to binary classifier cards (kind is {kind!r})')
-    meta['revision'] = artifact_branch(kind, meta.get('binary', {}).get('class_name'))
 
     metrics = dict(card.get('metrics') or {})
     for k, v in metrics.items():
@@ -476,7 +475,8 @@ class ExportedArtifact:
 
     @property
     def branch(self) -> str:
-        return self.meta['revision']
+        # decided when publishing, by the one layout function (an export holds no Hub location)
+        return artifact_branch(self.kind, self.meta.get('binary', {}).get('class_name'))
 
     def to_artifact(self, repo_id: str, commit: Optional[str]) -> Artifact:
         """The manifest record of this artifact once published to `repo_id` at `commit`."""
