@@ -6,7 +6,6 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
-import timm
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 

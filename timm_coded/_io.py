@@ -10,7 +10,7 @@ import shutil
 import signal
 import tempfile
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Set
+from typing import Dict, List, Optional, Set
 
 from .errors import TimmCodedError
 

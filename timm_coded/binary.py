@@ -16,7 +16,6 @@ precision/recall measured with 9 negatives sampled per positive.
 """
 from __future__ import annotations
 
-import math
 import os
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -32,7 +31,7 @@ from .coded_resnext import (
     ALIASES, ARCHITECTURES, MODEL_ARCHS, CodedResNeXt, _check_pretrained_values, manifest_artifact_for, resolve_stage_scheme, tagged_cfgs,
     verified_pretrained_kwargs,
 )
-from .errors import CheckpointMismatchError, IntegrityError, NotCodedError, TimmCodedError, UnknownClassError
+from .errors import CheckpointMismatchError, IntegrityError, NotCodedError, TimmCodedError
 from .layers import CodedBottleneck
 
 __all__ = [

@@ -12,8 +12,8 @@ Everything runs the model in eval mode and reads energies through `layers.Energy
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from dataclasses import asdict, dataclass
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from .coded_resnext import CodedResNeXt
-from .energy import decode, decoding_scores
+from .energy import decode
 from .errors import NotCodedError, TimmCodedError
 from .layers import CodedBottleneck, EnergyRecorder
 

@@ -21,7 +21,7 @@ from .binary import (
 )
 from .coded_resnext import CodedResNeXt
 from .decoding import (
-    MacsProfile, ModelOutputs, SpecializationCurve, collect_outputs, count_macs, decoder_blocks,
+    ModelOutputs, SpecializationCurve, collect_outputs, count_macs, decoder_blocks,
     early_decoding_accuracy, simulate_early_exit, specialization_curve,
 )
 from .energy import rescaled_energies

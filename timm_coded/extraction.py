@@ -8,10 +8,7 @@ config.json) that `hub.read_export` / `timm-coded publish` accept. Everything is
 temporary folder beside the output and moved into place at the end.
 """
 import json
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
