@@ -29,7 +29,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrai
 
 from .coded_resnext import (
     ALIASES, ARCHITECTURES, MODEL_ARCHS, CodedResNeXt, _check_pretrained_values, manifest_artifact_for, resolve_stage_scheme, tagged_cfgs,
-    verified_pretrained_kwargs,
+    with_verified_weights,
 )
 from .errors import CheckpointMismatchError, IntegrityError, NotCodedError, TimmCodedError
 from .layers import CodedBottleneck
@@ -127,7 +127,7 @@ def _default_present_subnns(parent: str, class_index: int) -> List[Optional[List
 def _create_binary(parent: str, pretrained: bool = False, **kwargs) -> CodedBinaryClassifier:
     # `<parent>_binary.<tag>` with pretrained=True: the manifest artifact says which class (and
     # so which subNNs) the weights belong to; without them class 0's path would be built
-    _, artifact = manifest_artifact_for(binary_architecture(parent), pretrained, kwargs)
+    cfg, artifact = manifest_artifact_for(binary_architecture(parent), pretrained, kwargs)
     if artifact is not None:
         for key in ('class_index', 'present_subnns', 'threshold', 'class_name'):
             if key in artifact.model_args:
@@ -140,7 +140,7 @@ def _create_binary(parent: str, pretrained: bool = False, **kwargs) -> CodedBina
     if present is None:  # the class's path through the parent's built-in schemes
         present = _default_present_subnns(parent, class_index)
     model_args = {k: v for k, v in MODEL_ARCHS[parent].items() if k != 'num_classes'}
-    model_args.update(verified_pretrained_kwargs(binary_architecture(parent), pretrained, kwargs))
+    model_args.update(with_verified_weights(kwargs, cfg, artifact))  # the artifact resolved once, above
     return build_model_with_cfg(
         CodedBinaryClassifier, binary_architecture(parent), pretrained,
         feature_cfg=dict(out_indices=tuple(range(len(model_args['layers']) + 1))),

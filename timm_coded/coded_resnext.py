@@ -534,7 +534,11 @@ def verified_pretrained_kwargs(variant: str, pretrained: bool, kwargs: Dict[str,
     cache or package) and checked against the manifest's sha256 first; timm then loads exactly
     that verified file. A mismatch raises IntegrityError (and drops the file from the HF cache).
     """
-    cfg, artifact = manifest_artifact_for(variant, pretrained, kwargs)
+    return with_verified_weights(kwargs, *manifest_artifact_for(variant, pretrained, kwargs))
+
+
+def with_verified_weights(kwargs: Dict[str, Any], cfg: Optional[Dict[str, Any]], artifact) -> Dict[str, Any]:
+    """`kwargs` whose pretrained cfg points at the sha256-verified file of `artifact` (if any)."""
     if artifact is None:
         return kwargs
     from .hub import download_artifact
