@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from timm_coded.energy import coding_loss, decoding_scores, normalized_energies, target_codewords
 from timm_coded.layers import CodedBottleneck, EnergyRecorder, draw_subnn_mask
 
+from conftest import assert_close_at_scale
+
 
 def _randomize_bn(module: torch.nn.Module, generator: torch.Generator) -> None:
     for m in module.modules():
@@ -226,3 +228,47 @@ def test_the_block_loss_and_decoder_share_one_normalisation(monkeypatch):
     assert torch.allclose(energy.rescaled_energies(e, 2, 4).sum(1), torch.full((5,), 2.))
     torch.testing.assert_close(energy.coding_loss(e, words, 2, 4),
                                (energy.rescaled_energies(e, 2, 4) - words).abs().pow(4).mean())
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+@pytest.mark.parametrize('one_product', [True, False])
+def test_low_precision_second_moments_and_their_gradient_are_exact(channels_last, one_product, monkeypatch):
+    # the bfloat16 fast path's products and hand-written backward (both strategies), in float64
+    from timm_coded import energy
+    if not one_product:
+        monkeypatch.setattr(energy, 'FULL_PRODUCT_MAX_CHANNELS', 4)  # 12 channels: per-subNN products
+    torch.manual_seed(0)
+    h = torch.randn(2, 3 * 4, 5, 6, dtype=torch.float64)
+    if channels_last:
+        h = h.contiguous(memory_format=torch.channels_last)
+    h.requires_grad_(True)
+    moments = energy._LowPrecisionSecondMoments.apply
+    per_subnn = h.unflatten(1, (3, 4)).flatten(3)
+    torch.testing.assert_close(moments(h, 3), per_subnn @ per_subnn.transpose(-1, -2), rtol=1e-6, atol=0)
+    assert torch.autograd.gradcheck(lambda t: moments(t, 3), (h,))
+    grad, = torch.autograd.grad(moments(h, 3).sum(), h)
+    assert grad.is_contiguous(memory_format=torch.channels_last) == channels_last  # h's layout
+
+
+@pytest.mark.parametrize('width', [2, 30])
+def test_bf16_energies_agree_with_float32_on_the_same_activations(width):
+    # Under bf16 autocast the second moments stay in bfloat16 (only S is rounded): the energies
+    # must stay within 1 % of the float32 computation on the same (bf16-rounded) activations,
+    # and their gradient must match too, in both layouts and on both product paths.
+    from timm_coded import energy
+    num_subnns = 10 if width == 30 else 6  # N*d = 300 > FULL_PRODUCT_MAX_CHANNELS, 12 below
+    assert (num_subnns * width > energy.FULL_PRODUCT_MAX_CHANNELS) == (width == 30)
+    torch.manual_seed(0)
+    weight = torch.randn(16, num_subnns * width, 1, 1)
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        h = torch.relu(torch.randn(4, num_subnns * width, 8, 8)).to(torch.bfloat16)
+        h = h.contiguous(memory_format=memory_format)
+        fast_h, ref_h = h.clone().requires_grad_(True), h.float().requires_grad_(True)
+        fast = energy.subnn_energies(fast_h, weight, num_subnns)
+        reference = energy.subnn_energies(ref_h, weight, num_subnns)
+        assert fast.dtype == torch.float32
+        torch.testing.assert_close(fast, reference, rtol=1e-2, atol=0)
+        probe = torch.randn_like(reference)
+        (fast * probe).sum().backward()
+        (reference * probe).sum().backward()
+        assert_close_at_scale(fast_h.grad.float(), ref_h.grad, rtol=2e-2)

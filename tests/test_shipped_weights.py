@@ -78,3 +78,29 @@ def test_the_cpu_toy_weights_are_gone():
     # the 38 % demonstration weights must never load by accident
     assert not [a for a in load_manifest() if a.architecture.startswith('coded_resnext17_10x2d')]
     assert timm.list_pretrained('coded_resnext17_10x2d*') == []
+
+
+def test_bf16_fast_path_decodes_and_scores_like_float32(pretrained, sample_val):
+    # The CPU fast path (channels_last + bf16 autocast, second moments in bfloat16) against the
+    # float32 reference on the trained model and real held-out images. Stated tolerances: early
+    # decoding and the classifier pick the same class for >= 97 % of images, the coding loss is
+    # within 1 % and the normalised energies r*E_bar within 0.03 (they sum to N_act = 3 or 5).
+    from timm_coded.decoding import collect_outputs, decoder_blocks, early_predictions
+    from timm_coded.energy import coding_loss, rescaled_energies, target_codewords
+    import copy
+    reference = collect_outputs(pretrained, sample_val)
+    fast_model = copy.deepcopy(pretrained).to(memory_format=torch.channels_last)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        fast = collect_outputs(fast_model, sample_val)
+    same = (fast.logits.argmax(1) == reference.logits.argmax(1)).float().mean()
+    assert same >= 0.97
+    fast_pred, ref_pred = early_predictions(pretrained, fast), early_predictions(pretrained, reference)
+    for name, block in decoder_blocks(pretrained):
+        assert (fast_pred[name][0] == ref_pred[name][0]).float().mean() >= 0.97, name
+        e_fast = rescaled_energies(fast.energies[name], block.num_active, block.num_subnns)
+        e_ref = rescaled_energies(reference.energies[name], block.num_active, block.num_subnns)
+        assert (e_fast - e_ref).abs().max() < 0.03, name
+        words = target_codewords(reference.targets, block.codewords)
+        loss_fast = coding_loss(fast.energies[name], words, block.num_active, block.num_subnns)
+        loss_ref = coding_loss(reference.energies[name], words, block.num_active, block.num_subnns)
+        assert loss_fast == pytest.approx(loss_ref.item(), rel=0.01), name
