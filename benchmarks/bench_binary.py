@@ -6,7 +6,7 @@ Eval mode, no autograd, random weights (time does not depend on them). Parent an
 timed back to back, in alternating order, once per repetition and class, so that load from
 other processes on a shared machine hits both alike; each class's ratio is the median over
 repetitions of binary_time / parent_time measured in the same round. Also prints the
-multiply-add ratio (convs + fc, `timm_coded.decoding.count_macs`), the parameter share, and
+multiply-add ratio (convs + fc, `timm_coded.analysis.decoding.count_macs`), the parameter share, and
 the time of each stage (parent vs the first class's binary) to show where the time goes.
 """
 from __future__ import annotations
@@ -19,8 +19,8 @@ import time
 import torch
 
 import timm
-from timm_coded.binary import count_parameters, slice_binary
-from timm_coded.decoding import count_macs
+from timm_coded.models.binary import count_parameters, slice_binary
+from timm_coded.analysis.decoding import count_macs
 
 
 def timed(model, x) -> float:

@@ -26,7 +26,7 @@ import timm
 import timm_coded  # noqa: F401
 from timm_coded import energy
 from timm_coded.energy import coding_loss, target_codewords
-from timm_coded.layers import EnergyRecorder
+from timm_coded.models.layers import EnergyRecorder
 
 # (model name, train batch, inference batch): the paper's CIFAR-10 net and the zoo's CPU model
 NETS: List[Tuple[str, int, int]] = [

@@ -23,7 +23,7 @@ import timm
 
 import timm_coded  # noqa: F401
 from timm_coded.energy import NORM_EPS
-from timm_coded.layers import CodedBottleneck
+from timm_coded.models.layers import CodedBottleneck
 
 # (label, model name, kwargs, batch, image size)
 CASES = {
@@ -64,7 +64,7 @@ def naive_coded_forward(self: CodedBottleneck, x, mask=None):
         multiplier = scale[:, None]
         if self.training and self.drop_subnn_rate > 0:
             if mask is None or self.new_mask:
-                mask = timm_coded.layers.draw_subnn_mask(x.shape[0], n, self.drop_subnn_rate, x.device)
+                mask = timm_coded.models.layers.draw_subnn_mask(x.shape[0], n, self.drop_subnn_rate, x.device)
             multiplier = multiplier * mask
         out = self.bn3((t * multiplier[:, :, None, None, None].to(t.dtype)).sum(1))
     if self.downsample is not None:
@@ -87,7 +87,7 @@ def train_step_fn(model, batch: int, size: int) -> Callable[[], None]:
     x = torch.randn(batch, 3, size, size)
     y = torch.randint(0, model.num_classes, (batch,))
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    recorder = timm_coded.layers.EnergyRecorder(model)
+    recorder = timm_coded.models.layers.EnergyRecorder(model)
     model.train()
 
     def step():

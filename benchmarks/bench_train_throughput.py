@@ -29,7 +29,7 @@ def main() -> None:
 
     import timm_coded  # noqa: F401
     from timm_coded.data import CIFAR10_MEAN, CIFAR10_STD, holdout_split, make_loader
-    from timm_coded.tensor_data import TensorBatchLoader, decode_images
+    from timm_coded.data.tensor import TensorBatchLoader, decode_images
     from timm_coded.training import CodedClassificationTask
 
     torch.set_num_threads(args.threads)

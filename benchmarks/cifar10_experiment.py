@@ -30,7 +30,7 @@ def train_one(args) -> None:
 
     import timm_coded  # noqa: F401
     from timm_coded.data import holdout_split, make_loader
-    from timm_coded.trainer import TrainConfig, train_model
+    from timm_coded.training.trainer import TrainConfig, train_model
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

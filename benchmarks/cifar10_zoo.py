@@ -47,8 +47,8 @@ def main() -> None:
 
     import timm_coded  # noqa: F401
     from timm_coded.data import CIFAR10_MEAN, CIFAR10_STD, holdout_split
-    from timm_coded.tensor_data import TensorBatchLoader, decode_images
-    from timm_coded.trainer import TrainConfig, train_model
+    from timm_coded.data.tensor import TensorBatchLoader, decode_images
+    from timm_coded.training.trainer import TrainConfig, train_model
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -65,7 +65,7 @@ def main() -> None:
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
                       warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
                       amp_dtype=args.amp_dtype, ema_decay=args.ema_decay, flip_tta=True)
-    from timm_coded.trainer import resolve_amp_dtype
+    from timm_coded.training.trainer import resolve_amp_dtype
     channels_last = resolve_amp_dtype(args.amp_dtype, torch.device('cpu')) is not None
     train_loader = TensorBatchLoader(train_x, train_y, args.batch_size, train=True, mean=CIFAR10_MEAN,
                                      std=CIFAR10_STD, seed=args.seed, channels_last=channels_last)

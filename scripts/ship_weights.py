@@ -17,12 +17,12 @@ import tempfile
 from pathlib import Path
 
 import timm_coded  # noqa: F401  (registers the models)
-from timm_coded.binary import load_checkpoint
+from timm_coded.models.binary import load_checkpoint
 from timm_coded.data import first_per_class, holdout_split, make_loader
-from timm_coded.evaluation import evaluate
-from timm_coded.extraction import extract_binary_classifiers
+from timm_coded.analysis.evaluation import evaluate
+from timm_coded.pipeline import extract_binary_classifiers
 from timm_coded.hub import export_artifact, ship_in_package
-from timm_coded.plots import save_report_plots
+from timm_coded.analysis.plots import save_report_plots
 
 
 def main() -> None:

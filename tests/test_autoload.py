@@ -175,4 +175,4 @@ def test_wheels_install_the_pth_into_site_packages(project_copy, tmp_path, hook)
             editable_pth = [n for n in names if n.startswith('__editable__') and n.endswith('.pth')]
             assert editable_pth and sorted(editable_pth + [AUTOLOAD.PTH_FILENAME])[-1] == AUTOLOAD.PTH_FILENAME
         else:
-            assert 'timm_coded/_autoload.py' in names and 'timm_coded/training.py' in names
+            assert 'timm_coded/_autoload.py' in names and 'timm_coded/training/loss.py' in names

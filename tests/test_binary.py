@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 import timm_coded
 from timm_coded import CheckpointMismatchError, IntegrityError, NotCodedError, UnknownClassError
-from timm_coded.binary import (
+from timm_coded.models.binary import (
     CodedBinaryClassifier, binary_architecture, binary_metrics, binary_model_args, calibrate_threshold,
     count_parameters, gate_to_class, load_checkpoint, parameter_share, slice_binary,
 )

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from timm_coded.energy import coding_loss, decoding_scores, normalized_energies, target_codewords
-from timm_coded.layers import CodedBottleneck, EnergyRecorder, draw_subnn_mask
+from timm_coded.models.layers import CodedBottleneck, EnergyRecorder, draw_subnn_mask
 
 from conftest import assert_close_at_scale
 
@@ -211,7 +211,7 @@ def test_the_block_loss_and_decoder_share_one_normalisation(monkeypatch):
     # energy.py owns the arithmetic: changing normalization_scale changes the block's output,
     # and the loss / decoder read the same normalised energies (a one-file change)
     import timm_coded.energy as energy
-    import timm_coded.layers as layers
+    import timm_coded.models.layers as layers
 
     torch.manual_seed(0)
     block = CodedBottleneck(32, 32, num_subnns=4, subnn_width=2, num_active=2).eval()

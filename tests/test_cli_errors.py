@@ -116,7 +116,7 @@ def test_cuda_without_cuda_is_one_line(capsys, tmp_path, no_cuda, command):
 
 def test_resolve_device():
     import torch
-    from timm_coded._cli.common import resolve_device
+    from timm_coded.cli.common import resolve_device
 
     assert resolve_device('cpu') == 'cpu'
     assert resolve_device(None) == ('cuda' if torch.cuda.is_available() else 'cpu')
@@ -152,7 +152,7 @@ def _torch_file(path, obj):
     (lambda p: _torch_file(p, {'w': __import__('torch').zeros(3)})[:200], 'truncated or corrupt torch checkpoint'),
 ])
 def test_read_state_dict_says_what_is_wrong(tmp_path, make, problem):
-    from timm_coded.binary import read_state_dict
+    from timm_coded.models.binary import read_state_dict
 
     path = tmp_path / 'x.pth'
     path.write_bytes(make(path))
@@ -166,7 +166,7 @@ def test_read_state_dict_says_what_is_wrong(tmp_path, make, problem):
     (b'\x08\x00\x00\x00\x00\x00\x00\x00{bad}', r'corrupt or truncated safetensors file \(.*header'),
 ])
 def test_read_state_dict_bad_safetensors(tmp_path, content, problem):
-    from timm_coded.binary import read_state_dict
+    from timm_coded.models.binary import read_state_dict
 
     path = tmp_path / 'x.safetensors'
     path.write_bytes(content)
@@ -292,17 +292,17 @@ def _raise(error):
 
 def test_publish_network_errors_are_one_line(capsys, tmp_path, monkeypatch):
     import huggingface_hub.errors as hf_errors
-    import timm_coded.hub
+    import timm_coded.hub.artifacts
 
     try:
         import httpx2 as httpx
     except ImportError:
         import httpx
-    monkeypatch.setattr(timm_coded.hub, 'publish', _raise(httpx.ConnectError('[Errno -2] Name or service not known')))
+    monkeypatch.setattr(timm_coded.hub.artifacts, 'publish', _raise(httpx.ConnectError('[Errno -2] Name or service not known')))
     one_line_error(capsys, main(['publish', str(tmp_path), '--repo', 'org/name']), 'publish',
                    'cannot reach the Hugging Face Hub (ConnectError: [Errno -2] Name or service not known)',
                    'publishing needs network access; --dry-run plans offline')
-    monkeypatch.setattr(timm_coded.hub, 'publish', _raise(hf_errors.OfflineModeIsEnabled('offline mode is enabled')))
+    monkeypatch.setattr(timm_coded.hub.artifacts, 'publish', _raise(hf_errors.OfflineModeIsEnabled('offline mode is enabled')))
     one_line_error(capsys, main(['publish', str(tmp_path), '--repo', 'org/name']), 'publish', OFFLINE_MESSAGE)
 
 

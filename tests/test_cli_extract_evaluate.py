@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from timm_coded.binary import gate_to_class
+from timm_coded.models.binary import gate_to_class
 from timm_coded.cli import main
 from timm_coded._io import OUTPUTS_RECORD
 from conftest import assert_close_at_scale

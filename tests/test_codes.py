@@ -2,15 +2,18 @@
 import itertools
 import json
 import math
-import timm_coded.codes as codes_module
+import timm_coded.codes.generate as generate_module
 
 import numpy as np
 import pytest
 
 from timm_coded.codes import (
-    CIFAR10_CLASSES, CodingScheme, _algebraic_pools, _all_weight_words, _chunks, _Deadline, _greedy_pack,
-    _shift_repair, _table_to_words, _words_to_table, builtin_scheme, generate_scheme, list_builtin_schemes,
-    load_scheme, max_codewords_bound,
+    CIFAR10_CLASSES, CodingScheme, builtin_scheme, generate_scheme, list_builtin_schemes, load_scheme,
+    max_codewords_bound,
+)
+from timm_coded.codes.generate import (
+    _algebraic_pools, _all_weight_words, _chunks, _Deadline, _greedy_pack, _shift_repair, _table_to_words,
+    _words_to_table,
 )
 from timm_coded.errors import SchemeError, UnknownClassError
 
@@ -278,8 +281,8 @@ def test_provably_impossible_distance_fails_fast_saying_what_is_possible(monkeyp
     # "fast" means: refused from the bounds alone, before any search or pool is built
     def no_search(*args, **kwargs):
         raise AssertionError('the generator searched although the bounds already rule the request out')
-    monkeypatch.setattr(codes_module, '_Search', no_search)
-    monkeypatch.setattr(codes_module, '_algebraic_pools', no_search)
+    monkeypatch.setattr(generate_module, '_Search', no_search)
+    monkeypatch.setattr(generate_module, '_algebraic_pools', no_search)
     with pytest.raises(SchemeError, match=r'at most 6 words .* \(Johnson bound\); the bound allows H_min <= 4'):
         generate_scheme(10, 10, 5, min_distance=6)
     with pytest.raises(SchemeError, match='differ in more than 6 places'):
@@ -319,7 +322,7 @@ def test_generator_argument_errors(kwargs, message):
 def test_a_million_classes_fail_fast_and_say_what_to_do(monkeypatch):
     def no_search(*args, **kwargs):
         raise AssertionError('the generator started a search it cannot finish')
-    monkeypatch.setattr(codes_module, '_Search', no_search)
+    monkeypatch.setattr(generate_module, '_Search', no_search)
     with pytest.raises(SchemeError, match=r'balances at most 50,000 codewords .* 1,000,000 classes need a scheme '
                                           r'built another way .* passed as a CodingScheme'):
         generate_scheme(10 ** 6, 32, 16)

@@ -9,12 +9,12 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from timm_coded import NotCodedError, TimmCodedError
-from timm_coded.decoding import (
+from timm_coded.analysis.decoding import (
     collect_outputs, count_macs, decoder_blocks, default_specialization_block, early_decoding_accuracy,
     early_exit_predict, early_predictions, network_blocks, simulate_early_exit, specialization_curve,
 )
-from timm_coded.evaluation import evaluate, mean_energies_per_class
-from timm_coded.plots import save_report_plots
+from timm_coded.analysis.evaluation import evaluate, mean_energies_per_class
+from timm_coded.analysis.plots import save_report_plots
 from conftest import randomised
 
 SMALL = 'coded_resnext17_10x2d'
@@ -206,7 +206,7 @@ def test_plots_survive_rounding_and_never_lose_the_report(data, tmp_path):
 
 
 def test_progress_labels_name_the_classes_they_run():
-    from timm_coded.evaluation import _class_list
+    from timm_coded.analysis.evaluation import _class_list
 
     model = randomised()
     assert _class_list(model, [3, 8]) == 'cat, ship'  # not '3..8', which reads as six classes

@@ -4,7 +4,7 @@ import json
 import timm
 import torch
 
-from timm_coded.binary import gate_to_class
+from timm_coded.models.binary import gate_to_class
 from timm_coded.cli import main
 from timm_coded.hub import read_export
 from conftest import assert_close_at_scale

@@ -205,7 +205,7 @@ def test_training_stage_and_checkpoints(toy_run):
         assert epoch['epoch'] == 1 and math.isfinite(epoch['loss']) and epoch['seconds'] > 0
         assert (epoch['coding_loss'] > 0) is (kind == 'coded')
     # the loader used by scripts/ship_weights.py takes the bf16 checkpoint as it is
-    from timm_coded.binary import load_checkpoint
+    from timm_coded.models.binary import load_checkpoint
     model = load_checkpoint('coded_resnext17_10x2d', out / 'coded' / 'model.safetensors')
     assert next(model.parameters()).dtype == torch.float32
 
@@ -223,7 +223,7 @@ def test_trainpy_skipped_without_scripts(tmp_path):
 def test_device_loader_matches_tensor_batch_loader():
     """The GPU loader is TensorBatchLoader with every op on the images' device: on the CPU the
     batches are identical, draw for draw."""
-    from timm_coded.tensor_data import TensorBatchLoader
+    from timm_coded.data.tensor import TensorBatchLoader
 
     oneshot = load_oneshot_module()
     loader_cls = oneshot.make_device_loader_class()

@@ -28,8 +28,8 @@ from timm_coded.hub import (
     ARTIFACT_FILES, artifact_branch, download_artifact, export_artifact, fetch_remote_state, git_blob_sha1,
     load_artifact, load_binary_classifier, plan_publish, publish, read_export, sha256_file,
 )
-from timm_coded.manifest import Artifact, ArtifactFile, HubLocation, Manifest, PackageLocation, load_manifest
-import timm_coded.manifest as manifest_module
+from timm_coded.hub.manifest import Artifact, ArtifactFile, HubLocation, Manifest, PackageLocation, load_manifest
+import timm_coded.hub.manifest as manifest_module
 from conftest import assert_close_at_scale
 
 ARCH = 'test_resnet'
@@ -449,7 +449,7 @@ def test_offline_reuse_after_download(hub_client, exports, tmp_path, monkeypatch
     # a fresh interpreter with HF_HUB_OFFLINE=1 set before huggingface_hub is imported
     expected = exports.expected('c').numpy().tobytes().hex()
     code = (
-        'import torch, timm_coded.hub as h, timm_coded.manifest as m\n'
+        'import torch, timm_coded.hub as h, timm_coded.hub.manifest as m\n'
         f'x = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(0))\n'
         "model = h.load_binary_classifier('test_resnet', 'c', m.load_manifest()).eval()\n"
         'with torch.no_grad(): print(model(x).numpy().tobytes().hex(), model.threshold)\n')
@@ -466,7 +466,7 @@ def _register_manifest_model(name: str, manifest: Manifest):
     """A throwaway architecture whose pretrained cfgs come from `manifest`, as the model modules do it."""
     from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
     from timm.models.resnet import BasicBlock, Bottleneck, ResNet
-    from timm_coded.manifest import pretrained_cfg_overrides
+    from timm_coded.hub.manifest import pretrained_cfg_overrides
 
     module = types.ModuleType(f'_timm_coded_test_{name}')
     cfgs = {f'{name}.{tag}': dict(kw, mean=(0.5,) * 3, std=(0.5,) * 3, first_conv='conv1.0', classifier='fc')
@@ -546,7 +546,7 @@ def test_shipped_manifest_agrees_with_the_timm_registry():
 
 
 def _publish_cli(argv):
-    from timm_coded._cli import publish as publish_cli
+    from timm_coded.cli import publish as publish_cli
     parser = argparse.ArgumentParser(prog='timm-coded')
     publish_cli.register(parser.add_subparsers(dest='command'))
     args = parser.parse_args(['publish', *map(str, argv)])
@@ -641,7 +641,7 @@ def test_cli_publishes_a_coded_checkpoint_with_calibrated_binaries_dry_run(hub_c
     cat = timm.create_model(f"local-dir:{export_dir / 'binary' / 'cat'}", pretrained=True).eval()
     config = json.loads((export_dir / 'binary' / 'cat' / 'config.json').read_text())
     assert config['model_args']['class_index'] == 3 and config['timm_coded']['binary']['class_name'] == 'cat'
-    from timm_coded.binary import gate_to_class
+    from timm_coded.models.binary import gate_to_class
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad(), gate_to_class(model, 3):
         assert_close_at_scale(cat(x)[:, 0], model(x)[:, 3])

@@ -7,10 +7,10 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-import timm_coded.manifest
-from timm_coded.binary import load_checkpoint
+import timm_coded.hub.manifest
+from timm_coded.models.binary import load_checkpoint
 from timm_coded.errors import CheckpointMismatchError, IntegrityError
-from timm_coded.manifest import load_manifest
+from timm_coded.hub.manifest import load_manifest
 
 ARCH = 'coded_resnext17_10x2d'
 ZOO = 'coded_resnext11_10x4d'  # has shipped weights
@@ -27,7 +27,7 @@ def test_timm_pretrained_loading_verifies_the_manifest_sha256(monkeypatch):
                   for f in artifact.files)
     tampered = dataclasses.replace(real, artifacts=tuple(
         dataclasses.replace(a, files=files) if a.name == artifact.name else a for a in real.artifacts))
-    monkeypatch.setattr(timm_coded.manifest, 'load_manifest', lambda *args, **kwargs: tampered)
+    monkeypatch.setattr(timm_coded.hub.manifest, 'load_manifest', lambda *args, **kwargs: tampered)
     with pytest.raises(IntegrityError, match=r'model\.safetensors has sha256 [0-9a-f]{64}, the weights manifest says'):
         timm.create_model(artifact.name, pretrained=True)
     monkeypatch.undo()

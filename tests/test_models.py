@@ -10,7 +10,7 @@ from PIL import Image
 import timm_coded
 from timm_coded import CodingScheme, SchemeError
 from timm_coded.energy import coding_loss, target_codewords
-from timm_coded.layers import EnergyRecorder, coded_blocks
+from timm_coded.models.layers import EnergyRecorder, coded_blocks
 from conftest import assert_close_at_scale
 
 PAPER_MODELS = ['coded_resnext29_10x11d', 'coded_resnext29_20x6d', 'coded_resnext50_32x4d']
@@ -249,8 +249,8 @@ def test_create_model_with_an_ungeneratable_k_says_what_the_user_can_do():
 def test_every_architecture_of_the_table_is_registered_with_its_binary_twin_and_aliases():
     from timm.models import get_pretrained_cfg
 
-    from timm_coded.binary import binary_architecture
-    from timm_coded.coded_resnext import ALIASES, ARCHITECTURES, MODEL_ARCHS
+    from timm_coded.models.binary import binary_architecture
+    from timm_coded.models.coded_resnext import ALIASES, ARCHITECTURES, MODEL_ARCHS
 
     assert set(MODEL_ARCHS) == set(ARCHITECTURES) | set(ALIASES)
     for name, arch in ARCHITECTURES.items():

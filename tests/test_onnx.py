@@ -4,7 +4,7 @@ import pytest
 import timm
 import torch
 
-from timm_coded.binary import slice_binary
+from timm_coded.models.binary import slice_binary
 from timm_coded.cli import main
 from timm_coded.data import make_loader, sample_data_dir
 from timm_coded.onnx_export import export_onnx

@@ -22,7 +22,7 @@ from timm_coded.errors import CheckpointMismatchError, IntegrityError
 from timm_coded.hub import (
     ARTIFACT_FILES, export_artifact, plan_publish, publish, read_export, sha256_file, verify_export,
 )
-from timm_coded.manifest import Manifest
+from timm_coded.hub.manifest import Manifest
 
 REPO = 'acme/coded-toy'
 
@@ -156,7 +156,7 @@ def extracted(tmp_path_factory):
     """What `timm-coded extract --repo me/x --tag c10` writes (the library call behind it), from a checkpoint
     and data under a temp folder, plus the full model exported as `publish CHECKPOINT` does."""
     import timm_coded  # noqa: F401 (registers the coded models)
-    from timm_coded.extraction import extract_binary_classifiers
+    from timm_coded.pipeline import extract_binary_classifiers
 
     root = tmp_path_factory.mktemp('extract')
     torch.manual_seed(0)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from timm_coded import plots
+from timm_coded.analysis import plots
 from timm_coded.demo import DemoConfig, _report_markdown
-from timm_coded.evaluation import evaluate
+from timm_coded.analysis.evaluation import evaluate
 from conftest import randomised
 
 SMALL = 'coded_resnext17_10x2d'
@@ -122,7 +122,7 @@ def test_markdown_prints_the_specialization_table_and_the_measured_time(base_rep
 
 def test_cli_and_module_texts_make_no_vague_time_claims():
     root = Path(__file__).resolve().parents[1] / 'timm_coded'
-    for path in (root / 'demo.py', root / '_cli' / 'demo.py'):
+    for path in (root / 'demo.py', root / 'cli' / 'demo.py'):
         text = path.read_text()
         assert 'few CPU minutes' not in text and 'a few minutes' not in text, path
 

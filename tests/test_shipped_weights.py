@@ -4,9 +4,9 @@ import timm
 import torch
 
 import timm_coded
-from timm_coded.binary import gate_to_class
+from timm_coded.models.binary import gate_to_class
 from timm_coded.data import make_loader, sample_data_dir
-from timm_coded.manifest import load_manifest
+from timm_coded.hub.manifest import load_manifest
 from conftest import assert_close_at_scale
 
 ARCH = 'coded_resnext11_10x4d'
@@ -85,7 +85,7 @@ def test_bf16_fast_path_decodes_and_scores_like_float32(pretrained, sample_val):
     # float32 reference on the trained model and real held-out images. Stated tolerances: early
     # decoding and the classifier pick the same class for >= 97 % of images, the coding loss is
     # within 1 % and the normalised energies r*E_bar within 0.03 (they sum to N_act = 3 or 5).
-    from timm_coded.decoding import collect_outputs, decoder_blocks, early_predictions
+    from timm_coded.analysis.decoding import collect_outputs, decoder_blocks, early_predictions
     from timm_coded.energy import coding_loss, rescaled_energies, target_codewords
     import copy
     reference = collect_outputs(pretrained, sample_val)

@@ -37,8 +37,8 @@ def test_import_timm_coded_alone_imports_no_torch():
     assert _python('import sys, timm_coded\nprint("torch" in sys.modules)').splitlines()[-1] == 'False'
 
 
-@pytest.mark.parametrize('first', ['timm_coded.tensor_data', 'timm_coded.layers', 'timm_coded.data',
-                                   'timm_coded.binary', 'timm_coded.trainer'])
+@pytest.mark.parametrize('first', ['timm_coded.data.tensor', 'timm_coded.models.layers', 'timm_coded.data',
+                                   'timm_coded.models.binary', 'timm_coded.training.trainer'])
 def test_a_submodule_imported_first_does_not_break_registration(first):
     # the submodule imports timm half-way through its own import; registering at that moment
     # would re-import it half-initialised (ImportError: cannot import name ...)

@@ -7,7 +7,7 @@ from PIL import Image
 
 from timm_coded.data import load_samples
 from timm_coded.errors import DataError
-from timm_coded.tensor_data import TensorBatchLoader, decode_images
+from timm_coded.data.tensor import TensorBatchLoader, decode_images
 
 
 @pytest.fixture

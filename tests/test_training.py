@@ -18,7 +18,7 @@ from timm.task.classification import ClassificationTask as TimmClassificationTas
 from timm.utils import CheckpointSaver
 
 import timm_coded  # noqa: F401  (registers the models)
-from timm_coded.layers import EnergyRecorder
+from timm_coded.models.layers import EnergyRecorder
 from timm_coded.training import (
     CodedClassificationTask, CodedMultiLabelClassificationTask, CodingLoss, coding_loss_from_recorder,
     install_timm_tasks, timm_tasks_installed, uninstall_timm_tasks,

@@ -20,15 +20,23 @@ _EXPORTS = {
     'CheckpointMismatchError': 'errors', 'DataError': 'errors', 'IntegrityError': 'errors',
     'ManifestError': 'errors', 'NotCodedError': 'errors', 'SchemeError': 'errors', 'TimmCodedError': 'errors',
     'UnknownClassError': 'errors',
-    'CodedBottleneck': 'layers', 'EnergyRecorder': 'layers', 'coded_blocks': 'layers', 'record_energies': 'layers',
-    'CodedResNeXt': 'coded_resnext', 'MODEL_ARCHS': 'coded_resnext',
-    'CodedBinaryClassifier': 'binary', 'calibrate_threshold': 'binary', 'load_checkpoint': 'binary',
-    'slice_binary': 'binary',
-    'CodedClassificationTask': 'training', 'CodingLoss': 'training',
-    'load_binary_classifier': 'hub',
+    'CodedBottleneck': 'models.layers', 'EnergyRecorder': 'models.layers', 'coded_blocks': 'models.layers',
+    'record_energies': 'models.layers',
+    'CodedResNeXt': 'models.coded_resnext', 'MODEL_ARCHS': 'models.coded_resnext',
+    'CodedBinaryClassifier': 'models.binary', 'calibrate_threshold': 'models.binary',
+    'load_checkpoint': 'models.binary', 'slice_binary': 'models.binary',
+    'CodedClassificationTask': 'training.loss', 'CodingLoss': 'training.loss',
+    'load_binary_classifier': 'hub.artifacts',
 }
 # the modules whose import registers models with timm
-_REGISTERING_MODULES = ('coded_resnext', 'binary')
+_REGISTERING_MODULES = ('models.coded_resnext', 'models.binary')
+# Modules of the first release (a flat package) -> where they live now. `import timm_coded.layers`
+# and friends keep working (the module is the new one) and warn once with the new name.
+_MOVED_MODULES = {
+    'layers': 'models.layers', 'coded_resnext': 'models.coded_resnext', 'binary': 'models.binary',
+    'trainer': 'training.trainer', 'decoding': 'analysis.decoding', 'evaluation': 'analysis.evaluation',
+    'plots': 'analysis.plots', 'manifest': 'hub.manifest', 'extraction': 'pipeline', 'tensor_data': 'data.tensor',
+}
 
 __all__ = sorted(_EXPORTS) + ['register_models', '__version__']
 
@@ -45,6 +53,35 @@ def __getattr__(name: str):
         if e.name != f'{__name__}.{name}':
             raise
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+class _MovedModuleFinder:
+    """Resolves the first release's module paths to the modules that replaced them."""
+
+    def find_spec(self, fullname: str, path=None, target=None):
+        prefix, _, old = fullname.partition('.')
+        if prefix != __name__ or old not in _MOVED_MODULES:
+            return None
+        import importlib.util
+        import warnings
+        new = f'{__name__}.{_MOVED_MODULES[old]}'
+        warnings.warn(f'{fullname} moved to {new}; the old path will be removed', DeprecationWarning, stacklevel=2)
+        return importlib.util.spec_from_loader(fullname, _AliasLoader(new))
+
+
+class _AliasLoader:
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def create_module(self, spec):
+        return importlib.import_module(self.target)  # the module itself, not a copy
+
+    def exec_module(self, module) -> None:
+        pass
+
+
+if not any(isinstance(f, _MovedModuleFinder) for f in sys.meta_path):
+    sys.meta_path.append(_MovedModuleFinder())
 
 
 def __dir__():

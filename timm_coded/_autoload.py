@@ -138,7 +138,7 @@ def _on_timm_loaded(module) -> None:
     global _timm_loaded
     _timm_loaded = True
     if _package_initializing():
-        # e.g. `import timm_coded.layers` imported timm: registering now would import the model
+        # e.g. `import timm_coded.models.layers` imported timm: registering now would import the model
         # modules, which import that half-initialised module. Wait until it has finished.
         return
     _run_pending()

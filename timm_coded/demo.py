@@ -83,7 +83,7 @@ def _loaders(cfg: DemoConfig, model, train, val):
     """(training, held-out, calibration) loaders: decoded-once tensors for small images without an
     auto-augment string (the fast path), else timm's per-image pipeline."""
     from .data import check_class_count, data_config_for, make_loader
-    from .tensor_data import TensorBatchLoader, decode_images
+    from .data.tensor import TensorBatchLoader, decode_images
 
     data_config = data_config_for(model)
     size = data_config['input_size'][-1]
@@ -108,11 +108,11 @@ def _run(cfg: DemoConfig, tmp: Path, log):
     import timm
     from safetensors.torch import save_file
 
-    from . import plots
-    from .extraction import extract_binary_classifiers
-    from .binary import binary_architecture
-    from .evaluation import evaluate
-    from .trainer import TrainConfig, history_as_dicts, train_model
+    from .analysis import plots
+    from .pipeline import extract_binary_classifiers
+    from .models.binary import binary_architecture
+    from .analysis.evaluation import evaluate
+    from .training.trainer import TrainConfig, history_as_dicts, train_model
 
     torch.manual_seed(cfg.seed)
     model = timm.create_model(cfg.model)
@@ -195,7 +195,7 @@ def _figure(figures: List[Path], placed: List[str], name: str, alt: str, sentenc
 
 def _energy_rows(d: Dict[str, Any]) -> List[tuple]:
     """(block, early decoder accuracy, mean energy on active subNNs, on inactive, uniform) per coded block."""
-    from .plots import energy_contrast
+    from .analysis.plots import energy_contrast
 
     rows = []
     for block, energies in (d.get('mean_energies') or {}).items():

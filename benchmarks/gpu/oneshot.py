@@ -244,7 +244,7 @@ def prepare_data(data: Path, work: Path) -> Path:
 
 def _decode_chunk(job):
     import torch
-    from timm_coded.tensor_data import decode_images
+    from timm_coded.data.tensor import decode_images
     torch.set_num_threads(1)
     samples, size = job
     images, targets = decode_images(samples, size)
@@ -252,10 +252,10 @@ def _decode_chunk(job):
 
 
 def decode_parallel(samples, size: int, workers: int):
-    """`timm_coded.tensor_data.decode_images`, split over `workers` processes (fork)."""
+    """`timm_coded.data.tensor.decode_images`, split over `workers` processes (fork)."""
     import numpy as np
     import torch
-    from timm_coded.tensor_data import decode_images
+    from timm_coded.data.tensor import decode_images
 
     if workers <= 1 or len(samples) < 4000:
         return decode_images(samples, size)
@@ -292,7 +292,7 @@ def load_cifar(root: Path, per_class: int, workers: int) -> Dict[str, Any]:
 def make_device_loader_class():
     """The loader for uint8 images on a device (the GPU): `TensorBatchLoader` runs every draw and op
     on its images' device, so it augments on the GPU as it does on the CPU."""
-    from timm_coded.tensor_data import TensorBatchLoader
+    from timm_coded.data.tensor import TensorBatchLoader
 
     return TensorBatchLoader
 
@@ -753,7 +753,7 @@ def training_stage(args, scale, device, amp_dtype, channels_last, data, bench, o
     import timm
     from safetensors.torch import load_file
     from timm_coded.data import CIFAR10_MEAN, CIFAR10_STD
-    from timm_coded.trainer import evaluate_accuracy
+    from timm_coded.training.trainer import evaluate_accuracy
 
     name = scale['train_model']
     batch = args.batch_size or scale['train_batch']
@@ -833,7 +833,7 @@ def train_one(kind, name, kwargs, epochs, batch, args, device, amp_dtype, channe
               data, out: Path, run_deadline: float, stop_after: Optional[int] = None) -> Dict[str, Any]:
     import torch
     import timm
-    from timm_coded.trainer import TrainConfig, train_model
+    from timm_coded.training.trainer import TrainConfig, train_model
 
     run_dir = out / kind
     run_dir.mkdir(parents=True, exist_ok=True)

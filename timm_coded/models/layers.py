@@ -13,7 +13,7 @@ import torch.nn as nn
 from timm.layers import register_notrace_function
 from timm.models._manipulate import checkpoint
 
-from .energy import normalization_scale, subnn_energies
+from ..energy import normalization_scale, subnn_energies
 
 __all__ = [
     'CodedBottleneck', 'CodedStage', 'EnergyTap', 'draw_subnn_mask', 'coded_blocks', 'EnergyRecord',

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .data import ImageSamples
-from .errors import DataError
+from . import ImageSamples
+from ..errors import DataError
 
 __all__ = ['decode_images', 'TensorBatchLoader']
 

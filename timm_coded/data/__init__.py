@@ -34,8 +34,8 @@ from timm.data.transforms import str_to_interp_mode
 from timm.data.transforms_factory import transforms_imagenet_train
 from timm.utils.misc import natural_key
 
-from .constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
-from .errors import DataError
+from ..constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
+from ..errors import DataError
 
 __all__ = [
     'CIFAR10_CLASSES', 'CIFAR10_MEAN', 'CIFAR10_STD', 'CIFAR100_MEAN', 'CIFAR100_STD',
@@ -101,7 +101,7 @@ class ImageSamples:
 
 def sample_data_dir() -> Path:
     """The CIFAR-10 sample shipped with the package (`train/` 300 and `val/` 60 images per class)."""
-    path = Path(__file__).resolve().parent / 'data' / 'cifar10_sample'
+    path = Path(__file__).resolve().parent / 'cifar10_sample'
     if not (path / 'train').is_dir():
         raise DataError(f'the shipped CIFAR-10 sample is missing from {path}; '
                         'reinstall timm-coded (the wheel includes it as package data)')

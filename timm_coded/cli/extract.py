@@ -43,10 +43,10 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def load_model(args) -> Any:
-    from ..binary import load_checkpoint
-    from ..coded_resnext import CodedResNeXt
+    from ..models.binary import load_checkpoint
+    from ..models.coded_resnext import CodedResNeXt
     from ..errors import NotCodedError
-    from ..layers import coded_blocks
+    from ..models.layers import coded_blocks
 
     if args.batch_size < 1:
         raise TimmCodedError(f'--batch-size must be positive, got {args.batch_size}')
@@ -102,7 +102,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from ..data import CIFAR10_CLASSES, sample_data_dir
-    from ..extraction import extract_binary_classifiers
+    from ..pipeline import extract_binary_classifiers
 
     if bool(args.repo) != bool(args.tag):
         raise TimmCodedError('--repo and --tag go together (Hub-ready folders need both)')

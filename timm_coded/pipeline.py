@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from ._io import StagedOutput
 from .errors import TimmCodedError
-from .hub import sha256_file
+from .hub.artifacts import sha256_file
 
 __all__ = ['extract_binary_classifiers', 'AtomicOutput', 'folder_name']
 
@@ -63,8 +63,8 @@ def extract_binary_classifiers(
     """
     from timm.models import save_for_hf
 
-    from .binary import binary_architecture, count_parameters, slice_binary
-    from .evaluation import evaluate_binary_classifiers, resolve_classes
+    from .models.binary import binary_architecture, count_parameters, slice_binary
+    from .analysis.evaluation import evaluate_binary_classifiers, resolve_classes
 
     indices = resolve_classes(model, classes)
     names = [folder_name(model.class_names[k] if model.class_names else f'class_{k}') for k in indices]
@@ -116,8 +116,8 @@ def extract_binary_classifiers(
 
 def _export_for_hub(binary, folder: Path, args: Dict[str, Any], result, metrics: Dict[str, Any],
                     hub_card: Dict[str, Any]) -> None:
-    from .binary import binary_architecture
-    from .hub import _portable, export_artifact
+    from .models.binary import binary_architecture
+    from .hub.artifacts import _portable, export_artifact
 
     tag = hub_card['tag']
     measured = result.validation or result.calibration

@@ -45,9 +45,9 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from ..data import image_folder_for_ood, load_samples
-    from ..evaluation import evaluate
-    from ..extraction import AtomicOutput
-    from ..plots import PLOT_NAMES, save_report_plots
+    from ..analysis.evaluation import evaluate
+    from ..pipeline import AtomicOutput
+    from ..analysis.plots import PLOT_NAMES, save_report_plots
 
     if args.draws < 0:
         raise TimmCodedError(f'--draws must be >= 0, got {args.draws}')

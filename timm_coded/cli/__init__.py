@@ -1,6 +1,6 @@
-"""`timm-coded` command line: one sub-command group per concern, each in `timm_coded/_cli/`.
+"""`timm-coded` command line: one sub-command group per concern, each in `timm_coded/cli/`.
 
-Each module in `_cli` exposes `register(subparsers)`; it adds its parser(s) and sets
+Each module in this package exposes `register(subparsers)`; it adds its parser(s) and sets
 `func=` to a callable taking the parsed args and returning an exit code. Modules are
 imported only when the command line is parsed, so `timm-coded --help` stays fast.
 """
@@ -12,10 +12,10 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from ._io import sigterm_as_keyboard_interrupt
-from .errors import TimmCodedError
+from .._io import sigterm_as_keyboard_interrupt
+from ..errors import TimmCodedError
 
-# (module in timm_coded._cli) — order is the order shown in --help
+# (module in timm_coded.cli) — order is the order shown in --help
 _COMMAND_MODULES = ('demo', 'schemes', 'extract', 'evaluate', 'publish', 'export_onnx')
 
 
@@ -27,9 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in _COMMAND_MODULES:
         try:
-            module = importlib.import_module(f'timm_coded._cli.{name}')
+            module = importlib.import_module(f'timm_coded.cli.{name}')
         except ModuleNotFoundError as e:
-            if e.name == f'timm_coded._cli.{name}':
+            if e.name == f'timm_coded.cli.{name}':
                 continue  # command group not shipped in this build
             raise
         module.register(sub)
@@ -83,5 +83,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise
 
 
-if __name__ == '__main__':
-    sys.exit(main())

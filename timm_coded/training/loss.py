@@ -31,9 +31,9 @@ from timm.task.classification import ClassificationTask, MultiLabelClassificatio
 from timm.task.distillation import FeatureDistillationTask, LogitDistillationTask
 from timm.utils.model import unwrap_model
 
-from .energy import coding_loss, target_codewords
-from .errors import SchemeError
-from .layers import CodedBottleneck, EnergyRecord, EnergyRecorder
+from ..energy import coding_loss, target_codewords
+from ..errors import SchemeError
+from ..models.layers import CodedBottleneck, EnergyRecord, EnergyRecorder
 
 __all__ = [
     'coding_loss_from_records', 'coding_loss_from_recorder', 'CodingLoss', 'CodingLossMixin',

@@ -20,10 +20,10 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from .coded_resnext import CodedResNeXt
-from .energy import decode
-from .errors import NotCodedError, TimmCodedError
-from .layers import CodedBottleneck, EnergyRecorder
+from ..models.coded_resnext import CodedResNeXt
+from ..energy import decode
+from ..errors import NotCodedError, TimmCodedError
+from ..models.layers import CodedBottleneck, EnergyRecorder
 
 __all__ = [
     'ModelOutputs', 'collect_outputs', 'network_blocks', 'decoder_blocks', 'early_decoding_accuracy',

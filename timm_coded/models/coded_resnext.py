@@ -4,7 +4,7 @@ information paths", arXiv 2202.05343) as timm models.
 Every class owns a path through the network: in each coded stage a codeword of the stage's
 coding scheme says which subNNs (ResNeXt groups) carry it. The coded blocks normalise their
 output by the subNN energies and expose those energies (see `layers.EnergyRecorder`) for the
-coding loss (`timm_coded.training`) and early decoding (`timm_coded.decoding`).
+coding loss (`timm_coded.training`) and early decoding (`timm_coded.analysis.decoding`).
 
 `coded=False` gives the paper's control baseline: the same network with every block uncoded,
 which is exactly a timm ResNeXt of that shape.
@@ -23,10 +23,10 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from timm.models.resnet import downsample_conv
 
-from .codes import CodingScheme, builtin_name, builtin_scheme, list_builtin_schemes, load_scheme
-from .constants import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
-from .errors import SchemeError
-from .manifest import ManifestError, pretrained_cfg_overrides
+from ..codes import CodingScheme, builtin_name, builtin_scheme, list_builtin_schemes, load_scheme
+from ..constants import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
+from ..errors import SchemeError
+from ..hub.manifest import ManifestError, pretrained_cfg_overrides
 from .layers import CodedBottleneck, CodedStage
 
 __all__ = ['CodedResNeXt', 'resolve_stage_scheme', 'MODEL_ARCHS', 'ARCHITECTURES', 'ALIASES', 'canonical_architecture']
@@ -89,7 +89,7 @@ def resolve_stage_scheme(
         if name in list_builtin_schemes():
             scheme = builtin_scheme(name)
         else:
-            from .codes import generate_scheme  # only needed off the paper's settings
+            from ..codes import generate_scheme  # only needed off the paper's settings
             try:
                 scheme = generate_scheme(num_classes, num_subnns, num_active, seed=0, time_budget=_GENERATE_SECONDS)
             except SchemeError as e:
@@ -512,7 +512,7 @@ def manifest_artifact_for(variant: str, pretrained: bool, kwargs: Dict[str, Any]
                                  pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay')).to_dict()
     if cfg.get('state_dict') is not None:
         return cfg, None
-    from .manifest import HubLocation, load_manifest
+    from ..hub.manifest import HubLocation, load_manifest
 
     try:
         artifact = load_manifest().get(f"{cfg.get('architecture')}.{cfg.get('tag')}")
@@ -541,7 +541,7 @@ def with_verified_weights(kwargs: Dict[str, Any], cfg: Optional[Dict[str, Any]],
     """`kwargs` whose pretrained cfg points at the sha256-verified file of `artifact` (if any)."""
     if artifact is None:
         return kwargs
-    from .hub import download_artifact
+    from ..hub.artifacts import download_artifact
 
     folder = download_artifact(artifact)
     verified = dict(cfg, file=str(folder.joinpath(*artifact.weights_file.path.split('/'))))

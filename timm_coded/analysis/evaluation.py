@@ -4,7 +4,7 @@
 classifiers with F1-calibrated thresholds and their precision/recall/F1 on in- and
 out-of-distribution negatives (Figs. 2b, 2c), the specialization curve (Fig. 2a), the
 early-exit accuracy-vs-compute curve, and the mean subNN energy of every class next to its
-codeword. `EvaluationReport.to_dict()` is JSON; `timm_coded.plots` draws it.
+codeword. `EvaluationReport.to_dict()` is JSON; `timm_coded.analysis.plots` draws it.
 """
 from __future__ import annotations
 
@@ -15,17 +15,17 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .binary import (
+from ..models.binary import (
     BinaryMetrics, binary_classifier_logits, binary_metrics, calibrate_threshold, count_parameters,
     slice_binary,
 )
-from .coded_resnext import CodedResNeXt
+from ..models.coded_resnext import CodedResNeXt
 from .decoding import (
     ModelOutputs, SpecializationCurve, collect_outputs, count_macs, decoder_blocks,
     early_decoding_accuracy, simulate_early_exit, specialization_curve,
 )
-from .energy import rescaled_energies
-from .errors import TimmCodedError
+from ..energy import rescaled_energies
+from ..errors import TimmCodedError
 
 __all__ = [
     'accuracy', 'mean_energies_per_class', 'ClassBinaryResult', 'evaluate_binary_classifiers',
@@ -60,7 +60,7 @@ def resolve_classes(model: CodedResNeXt, classes: Union[None, str, Sequence[Unio
     """Class indices from None / 'all' / a comma list / a sequence of indices or names."""
     scheme = next((s for s in model.schemes if s is not None and not s.is_uncoded), None)
     if scheme is None:
-        from .errors import NotCodedError
+        from ..errors import NotCodedError
         raise NotCodedError('the model has no coded stage with a coding scheme')
     if model.class_names is not None and scheme.class_names is None:
         scheme = scheme.with_class_names(model.class_names)

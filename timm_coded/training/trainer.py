@@ -17,7 +17,7 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader
 
-from .training import CodedClassificationTask
+from .loss import CodedClassificationTask
 
 __all__ = ['TrainConfig', 'EpochStats', 'train_model', 'evaluate_accuracy', 'predict_logits', 'resolve_amp_dtype']
 

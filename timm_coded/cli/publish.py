@@ -47,8 +47,8 @@ def register(subparsers) -> None:
 
 def _export_checkpoint(args, export_dir: Path) -> List[Path]:
     """Load the checkpoint (safetensors or weights-only torch), export it and its binaries."""
-    from ..binary import load_checkpoint
-    from ..hub import export_artifact
+    from ..models.binary import load_checkpoint
+    from ..hub.artifacts import export_artifact
 
     if not args.model or not args.tag:
         raise TimmCodedError('publishing a checkpoint needs --model NAME and --tag TAG')
@@ -60,7 +60,7 @@ def _export_checkpoint(args, export_dir: Path) -> List[Path]:
     folders = [export_artifact(
         model, export_dir / 'full', architecture=args.model.split('.', 1)[0], model_args={},
         label_names=label_names, card=card, overwrite=True)]
-    from ..layers import coded_blocks
+    from ..models.layers import coded_blocks
     if not coded_blocks(model) and args.classes == ['all']:
         return folders  # an uncoded model has no class paths: only the full model is published
     if args.classes != ['none']:
@@ -75,7 +75,7 @@ def _export_binaries(model, args, export_dir: Path) -> List[Path]:
 
     from ..data import CIFAR10_CLASSES, sample_data_dir
     from ..errors import DataError
-    from ..extraction import extract_binary_classifiers
+    from ..pipeline import extract_binary_classifiers
     from .extract import split_loaders
 
     if args.data_dir is not None:
@@ -110,10 +110,10 @@ def _check_repo_id(repo_id: str) -> None:
 
 
 def _publish(args, folders: List[Path]):
-    """hub.publish, with offline mode, an unreachable Hub and refusals by the Hub as one-line errors."""
+    """hub.artifacts.publish, with offline mode, an unreachable Hub and refusals by the Hub as one-line errors."""
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
 
-    from ..hub import publish, unreachable_errors
+    from ..hub.artifacts import publish, unreachable_errors
 
     try:
         return publish(folders, args.repo, private=args.private, dry_run=args.dry_run, manifest_path=args.manifest,

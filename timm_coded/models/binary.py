@@ -31,7 +31,7 @@ from .coded_resnext import (
     ALIASES, ARCHITECTURES, MODEL_ARCHS, CodedResNeXt, _check_pretrained_values, manifest_artifact_for, resolve_stage_scheme, tagged_cfgs,
     with_verified_weights,
 )
-from .errors import CheckpointMismatchError, IntegrityError, NotCodedError, TimmCodedError
+from ..errors import CheckpointMismatchError, IntegrityError, NotCodedError, TimmCodedError
 from .layers import CodedBottleneck
 
 __all__ = [

@@ -34,8 +34,8 @@ from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, Mo
 from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 from huggingface_hub.utils.sha import git_hash, sha_fileobj
 
-from ._io import normalise_modes, umask_mode
-from .errors import CheckpointMismatchError, IntegrityError, ManifestError, TimmCodedError, UnknownClassError
+from .._io import normalise_modes, umask_mode
+from ..errors import CheckpointMismatchError, IntegrityError, ManifestError, TimmCodedError, UnknownClassError
 from .manifest import (
     Artifact, ArtifactFile, BinaryInfo, HubLocation, Location, Manifest, PackageLocation, load_manifest,
     update_manifest,
@@ -46,6 +46,7 @@ __all__ = [
     'git_blob_sha1', 'export_artifact', 'read_export', 'verify_export', 'ExportedArtifact', 'RemoteFile',
     'RemoteBranch', 'RemoteState', 'fetch_remote_state', 'ArtifactCommit', 'PublishPlan', 'plan_publish',
     'apply_plan', 'publish', 'download_artifact', 'verify_files', 'load_artifact', 'load_binary_classifier',
+    'ship_in_package', 'unreachable_errors',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -531,7 +532,7 @@ def verify_export(export: Union[ExportedArtifact, PathLike]):
     import timm
     from safetensors import SafetensorError, safe_open
 
-    from .binary import check_state_dict, check_weight_values
+    from ..models.binary import check_state_dict, check_weight_values
 
     if not isinstance(export, ExportedArtifact):
         export = read_export(export)

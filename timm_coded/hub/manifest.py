@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
-from ._io import atomic_write_text
-from .errors import ManifestError
+from .._io import atomic_write_text
+from ..errors import ManifestError
 
 __all__ = [
     'MANIFEST_SCHEMA_VERSION', 'MANIFEST_ENV', 'ARTIFACT_KINDS', 'ArtifactFile', 'HubLocation',
@@ -48,7 +48,7 @@ MANIFEST_SCHEMA_VERSION = 1
 MANIFEST_FILENAME = 'weights_manifest.json'
 MANIFEST_ENV = 'TIMM_CODED_MANIFEST'  # points every reader and writer at another manifest file
 ARTIFACT_KINDS = ('full', 'binary')
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # timm_coded/
 
 # keys that say where weights come from: the manifest's location decides those, never pretrained_cfg
 _SOURCE_KEYS = frozenset({'url', 'file', 'state_dict', 'hf_hub_id', 'hf_hub_filename', 'source', 'architecture', 'tag'})

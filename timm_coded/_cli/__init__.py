@@ -1,1 +1,0 @@
-"""Sub-commands of `timm-coded`; each module exposes `register(subparsers)`."""
