@@ -20,8 +20,8 @@ import timm_coded  # noqa: F401  (registers the models)
 from timm_coded.models.binary import load_checkpoint
 from timm_coded.data import first_per_class, holdout_split, make_loader
 from timm_coded.analysis.evaluation import evaluate
-from timm_coded.pipeline import extract_binary_classifiers
-from timm_coded.hub import export_artifact, ship_in_package
+from timm_coded.pipeline import CalibrationData, export_model
+from timm_coded.hub import ship_in_package
 from timm_coded.analysis.plots import save_report_plots
 
 
@@ -75,19 +75,14 @@ def main() -> None:
                **{f'early_decoding_{k}': v for k, v in report_dict['early_decoding'].items() if k != 'classifier'}}
     repo = args.repo or f"timm-coded/{arch.replace('_', '-')}-{args.tag.replace('_', '-')}"
     card = {'repo_id': repo, 'tag': args.tag, 'dataset': 'cifar10'}
+    full_card = dict(card, kind='full', split=f'held-out: last {args.holdout_per_class} train images per class',
+                     epochs=training['epochs'], metrics=metrics, training=training, description=args.description)
+    data = CalibrationData(calibration_loader, validation_loader,
+                           f'the first {args.calibration_per_class} training images of each class')
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        full = export_artifact(
-            model, tmp / 'full', architecture=arch, model_args={}, label_names=model.class_names,
-            card=dict(card, kind='full', split=f'held-out: last {args.holdout_per_class} train images per class',
-                      epochs=training['epochs'], metrics=metrics, training=training,
-                      description=args.description))
-        binaries = extract_binary_classifiers(
-            model, 'all', tmp / 'binary', calibration_loader, validation_loader,
-            checkpoint=args.run / 'model.safetensors',
-            calibration_source=f'the first {args.calibration_per_class} training images of each class',
-            hub_card=card, results=report.binary)
-        artifacts = ship_in_package([full] + binaries)
+        folders = export_model(model, Path(tmp), architecture=arch, card=full_card, data=data,
+                               checkpoint=args.run / 'model.safetensors', results=report.binary)
+        artifacts = ship_in_package(folders)
     for a in artifacts:
         print(a.name, a.location, {k: round(v, 4) for k, v in a.metrics.items()})
 

@@ -1,5 +1,11 @@
-"""Slice, calibrate and write per-class binary classifiers: the library behind `timm-coded extract`,
-`timm-coded publish CHECKPOINT` and `timm-coded demo`.
+"""The one export flow: load -> export the full model -> slice + calibrate -> export the binaries.
+
+`timm-coded extract`, `timm-coded publish CHECKPOINT`, `timm-coded demo` and scripts/ship_weights.py
+all call these functions; the CLI only parses arguments and prints.
+- `calibration_data`: the images binary thresholds are fitted on (a --data-dir, or for CIFAR-10
+  models the sample shipped with the package) and its val split, if any.
+- `export_model`: the full model's Hub-ready folder and, for a coded model, one per class.
+- `extract_binary_classifiers`: slice, calibrate and write per-class binary classifiers.
 
 Every class gets a folder with timm's config.json (architecture `<model>_binary`, model_args
 that rebuild it, the calibrated threshold among them) and model.safetensors, plus either
@@ -9,14 +15,19 @@ temporary folder beside the output and moved into place at the end.
 """
 import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 from ._io import StagedOutput
-from .errors import TimmCodedError
+from .errors import DataError, TimmCodedError
 from .hub.artifacts import sha256_file
 
-__all__ = ['extract_binary_classifiers', 'AtomicOutput', 'folder_name']
+__all__ = ['calibration_data', 'CalibrationData', 'export_model', 'extract_binary_classifiers', 'AtomicOutput',
+           'folder_name']
+
+# timm's names of a validation split folder (timm.data.dataset_factory)
+VAL_FOLDERS = ('val', 'valid', 'validation', 'eval', 'evaluation')
 
 
 def folder_name(name: str) -> str:
@@ -34,6 +45,79 @@ class AtomicOutput(StagedOutput):
 
     def commit(self, names: Optional[Sequence[str]] = None) -> Dict[str, List[str]]:  # type: ignore[override]
         return super().commit()
+
+
+# --- calibration data ----------------------------------------------------------------------------
+@dataclass
+class CalibrationData:
+    """Where binary thresholds are fitted (`calibration`) and measured (`validation`, None without a val split)."""
+    calibration: Any
+    validation: Optional[Any]
+    source: str  # in words, for metrics and model cards
+    notes: List[str] = field(default_factory=list)
+
+
+def calibration_data(model, data_dir: Optional[Union[str, Path]] = None, *, batch_size: int = 128,
+                     workers: int = 0, model_name: str = '') -> CalibrationData:
+    """Eval-transform loaders over `data_dir`'s train (and val) split, or over the CIFAR-10 sample
+    shipped with the package for a model with the CIFAR-10 classes."""
+    from .data import CIFAR10_CLASSES, load_samples, make_loader, sample_data_dir
+
+    if data_dir is not None:
+        root, source = Path(data_dir), f'the training split of {data_dir}'
+    elif list(model.class_names or []) == list(CIFAR10_CLASSES):
+        root, source = sample_data_dir(), 'the CIFAR-10 sample shipped with timm-coded (train/)'
+    else:
+        raise DataError(f'{model_name or "the model"} does not have the CIFAR-10 classes of the shipped sample: '
+                        'give --data-dir with images of its classes to calibrate its binary classifiers')
+    notes = []
+    train = load_samples(root, 'train', model.class_names)
+    has_val = any((root / n).is_dir() for n in VAL_FOLDERS)
+    val = load_samples(root, 'val', model.class_names) if has_val or train.root == root else None
+    if val is not None and val.root == train.root:
+        notes.append(f'{root} has no train/val split folders: thresholds are fitted and measured on the same images')
+        val = None
+
+    def loader(samples):
+        return make_loader(samples, model_or_data_config=model, train=False, batch_size=batch_size,
+                           num_workers=workers, expected_classes=model.class_names)
+    return CalibrationData(loader(train), loader(val) if val is not None else None, source, notes)
+
+
+# --- export --------------------------------------------------------------------------------------
+def export_model(
+        model,
+        out: Path,
+        *,
+        architecture: str,
+        card: Dict[str, Any],
+        classes: Union[str, Sequence[Union[int, str]], None] = 'all',
+        data: Optional[CalibrationData] = None,
+        checkpoint: Optional[Path] = None,
+        results: Optional[Sequence[Any]] = None,
+        progress: bool = False,
+) -> List[Path]:
+    """Hub-ready folders: `out/full` (the model) and, unless `classes` is None/'none' or the model
+    is uncoded with classes='all', `out/binary/<class>` (sliced, calibrated on `data`).
+
+    card: the full model's card ({'repo_id', 'tag', ['dataset'], ...}); the binaries' cards take
+    its repo_id, tag and dataset.
+    """
+    from .hub.artifacts import export_artifact
+    from .models.layers import coded_blocks
+
+    label_names = list(getattr(model, 'class_names', None) or [str(i) for i in range(model.num_classes)])
+    folders = [export_artifact(model, Path(out) / 'full', architecture=architecture, model_args={},
+                               label_names=label_names, card=card, overwrite=True)]
+    if classes is None or classes == 'none' or (classes == 'all' and not coded_blocks(model)):
+        return folders  # an uncoded model has no class paths: only the full model
+    if data is None:
+        raise TimmCodedError('exporting binary classifiers needs calibration data')
+    hub_card = {k: card[k] for k in ('repo_id', 'tag', 'dataset') if card.get(k)}
+    return folders + extract_binary_classifiers(
+        model, classes, Path(out) / 'binary', data.calibration, data.validation, checkpoint=checkpoint,
+        calibration_source=data.source, notes=data.notes, overwrite=True, progress=progress, hub_card=hub_card,
+        results=results)
 
 
 # --- extract -----------------------------------------------------------------------------------

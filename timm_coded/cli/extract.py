@@ -19,13 +19,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import Any, Optional
 
-from ..errors import DataError, TimmCodedError
+from ..errors import TimmCodedError
 from .common import non_negative_int, positive_int, resolve_device
-
-# timm's names of a validation split folder (timm.data.dataset_factory)
-_VAL_FOLDERS = ('val', 'valid', 'validation', 'eval', 'evaluation')
 
 _HELP = 'slice a checkpoint into per-class binary classifiers with calibrated thresholds'
 
@@ -67,22 +64,6 @@ def eval_loader(model, data, split: Optional[str], args, labelled: bool = True):
                        expected_classes=model.class_names if labelled else None)
 
 
-def split_loaders(model, root: Path, args) -> Tuple[Any, Optional[Any], List[str]]:
-    """(training-split loader, val-split loader or None, notes) for an image folder root."""
-    from ..data import load_samples
-
-    notes = []
-    train = load_samples(root, 'train', model.class_names)
-    has_val = any((Path(root) / n).is_dir() for n in _VAL_FOLDERS)
-    val = load_samples(root, 'val', model.class_names) if has_val or train.root == Path(root) else None
-    if val is not None and val.root == train.root:
-        notes.append(f'{root} has no train/val split folders: thresholds are fitted and measured on the same images')
-        val = None
-    calibration = eval_loader(model, train, None, args)
-    validation = eval_loader(model, val, None, args) if val is not None else None
-    return calibration, validation, notes
-
-
 def register(subparsers) -> None:
     p = subparsers.add_parser('extract', help=_HELP, description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -101,25 +82,18 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..data import CIFAR10_CLASSES, sample_data_dir
-    from ..pipeline import extract_binary_classifiers
+    from ..pipeline import calibration_data, extract_binary_classifiers
 
     if bool(args.repo) != bool(args.tag):
         raise TimmCodedError('--repo and --tag go together (Hub-ready folders need both)')
     model = load_model(args)
-    if args.data_dir is not None:
-        root, source = args.data_dir, f'the training split of {args.data_dir}'
-    else:
-        if list(model.class_names or []) != list(CIFAR10_CLASSES):
-            raise DataError(f'{args.model} does not have the CIFAR-10 classes of the shipped sample: '
-                            'give --data-dir with images of its classes')
-        root, source = sample_data_dir(), 'the CIFAR-10 sample shipped with timm-coded (train/)'
-    calibration, validation, notes = split_loaders(model, root, args)
+    data = calibration_data(model, args.data_dir, batch_size=args.batch_size, workers=args.workers,
+                            model_name=args.model)
     hub_card = {'repo_id': args.repo, 'tag': args.tag, 'dataset': args.dataset} if args.repo else None
     folders = extract_binary_classifiers(
-        model, args.classes, args.out, calibration, validation, checkpoint=args.checkpoint,
-        calibration_source=source, notes=notes, seed=args.seed, overwrite=args.overwrite, hub_card=hub_card,
-        progress=sys.stderr.isatty())  # bars on a terminal, not in logs
+        model, args.classes, args.out, data.calibration, data.validation, checkpoint=args.checkpoint,
+        calibration_source=data.source, notes=data.notes, seed=args.seed, overwrite=args.overwrite,
+        hub_card=hub_card, progress=sys.stderr.isatty())  # bars on a terminal, not in logs
     for folder in folders:
         metrics_file = folder / 'metrics.json'
         if metrics_file.exists():
@@ -129,6 +103,6 @@ def run(args) -> int:
                   f"P/R/F1 {100 * measured['precision']:.1f}/{100 * measured['recall']:.1f}/{100 * measured['f1']:.1f} %")
         else:
             print(folder)
-    for note in notes:
+    for note in data.notes:
         print(f'note: {note}')
     return 0

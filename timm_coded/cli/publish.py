@@ -46,51 +46,22 @@ def register(subparsers) -> None:
 
 
 def _export_checkpoint(args, export_dir: Path) -> List[Path]:
-    """Load the checkpoint (safetensors or weights-only torch), export it and its binaries."""
+    """Load the checkpoint (safetensors or weights-only torch) and export it and its binaries
+    (thresholds calibrated on --data-dir's train split, as `timm-coded extract` does)."""
     from ..models.binary import load_checkpoint
-    from ..hub.artifacts import export_artifact
+    from ..models.layers import coded_blocks
+    from ..pipeline import calibration_data, export_model
 
     if not args.model or not args.tag:
         raise TimmCodedError('publishing a checkpoint needs --model NAME and --tag TAG')
     model = load_checkpoint(args.model, args.sources[0]).eval()
-    label_names = list(getattr(model, 'class_names', None) or [str(i) for i in range(model.num_classes)])
-    card = {'repo_id': args.repo, 'tag': args.tag}
-    if args.dataset:
-        card['dataset'] = args.dataset
-    folders = [export_artifact(
-        model, export_dir / 'full', architecture=args.model.split('.', 1)[0], model_args={},
-        label_names=label_names, card=card, overwrite=True)]
-    from ..models.layers import coded_blocks
-    if not coded_blocks(model) and args.classes == ['all']:
-        return folders  # an uncoded model has no class paths: only the full model is published
-    if args.classes != ['none']:
-        folders += _export_binaries(model, args, export_dir)
-    return folders
-
-
-def _export_binaries(model, args, export_dir: Path) -> List[Path]:
-    """Slice, calibrate (F1-maximising threshold on --data-dir's train split) and export one
-    Hub-ready folder per class, exactly as `timm-coded extract --repo --tag` does."""
-    from types import SimpleNamespace
-
-    from ..data import CIFAR10_CLASSES, sample_data_dir
-    from ..errors import DataError
-    from ..pipeline import extract_binary_classifiers
-    from .extract import split_loaders
-
-    if args.data_dir is not None:
-        root, source = args.data_dir, f'the training split of {args.data_dir}'
-    elif list(model.class_names or []) == list(CIFAR10_CLASSES):
-        root, source = sample_data_dir(), 'the CIFAR-10 sample shipped with timm-coded (train/)'
-    else:
-        raise DataError(f'calibrating the binary classifiers of {args.model} needs --data-dir with images of its '
-                        'classes (or --classes none to publish only the full model)')
-    calibration, validation, notes = split_loaders(model, root, SimpleNamespace(batch_size=128, workers=0))
-    classes = 'all' if not args.classes or args.classes == ['all'] else args.classes
-    return extract_binary_classifiers(
-        model, classes, export_dir / 'binary', calibration, validation, checkpoint=Path(args.sources[0]),
-        calibration_source=source, notes=notes, overwrite=True, progress=True,
-        hub_card={'repo_id': args.repo, 'tag': args.tag, 'dataset': args.dataset})
+    classes = 'none' if args.classes == ['none'] else 'all' if not args.classes or args.classes == ['all'] \
+        else args.classes
+    needs_data = classes != 'none' and (classes != 'all' or bool(coded_blocks(model)))
+    data = calibration_data(model, args.data_dir, model_name=args.model) if needs_data else None  # before any work
+    card = {'repo_id': args.repo, 'tag': args.tag, **({'dataset': args.dataset} if args.dataset else {})}
+    return export_model(model, export_dir, architecture=args.model.split('.', 1)[0], card=card, classes=classes,
+                        data=data, checkpoint=Path(args.sources[0]), progress=True)
 
 
 _OFFLINE = ('offline mode is on (HF_HUB_OFFLINE), but publishing needs network access to the Hugging Face Hub; '

@@ -1,0 +1,50 @@
+"""The one export flow (pipeline.py) that the CLI, the demo and scripts/ship_weights.py share."""
+import json
+
+import pytest
+import torch
+
+from timm_coded.errors import DataError
+from timm_coded.hub import read_export
+from timm_coded.models.binary import gate_to_class
+from timm_coded.pipeline import calibration_data, export_model
+from conftest import assert_close_at_scale, randomised
+
+
+def test_calibration_data_defaults_to_the_shipped_sample_only_for_cifar10_classes():
+    model = randomised()
+    data = calibration_data(model, batch_size=200)
+    assert 'CIFAR-10 sample shipped' in data.source and data.validation is not None and data.notes == []
+    images, labels = next(iter(data.calibration))
+    assert images.shape[1:] == (3, 32, 32) and labels.max() < 10
+    other = randomised(num_classes=5)
+    with pytest.raises(DataError, match='coded_x does not have the CIFAR-10 classes.*--data-dir'):
+        calibration_data(other, model_name='coded_x')
+
+
+def test_export_model_writes_the_full_model_and_exact_binaries(tmp_path):
+    model = randomised()
+    data = calibration_data(model, batch_size=300)
+    folders = export_model(model, tmp_path, architecture='coded_resnext17_10x2d',
+                           card={'repo_id': 'acme/toy', 'tag': 'toy'}, classes=['cat'], data=data)
+    assert [f.relative_to(tmp_path).as_posix() for f in folders] == ['full', 'binary/cat']
+    full, cat = read_export(folders[0]), read_export(folders[1])
+    assert full.architecture == 'coded_resnext17_10x2d' and cat.architecture == 'coded_resnext17_10x2d_binary'
+    config = json.loads((folders[1] / 'config.json').read_text())
+    assert config['label_names'] == ['cat']
+    # the exported binary is the full model with the other subNNs removed, read back from its files
+    import timm
+    binary = timm.create_model('coded_resnext17_10x2d_binary', pretrained=True,
+                               pretrained_cfg_overlay={'file': str(folders[1] / 'model.safetensors')},
+                               **config['model_args']).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad(), gate_to_class(model, 3):
+        expected = model(x)[:, 3]
+    with torch.no_grad():
+        assert_close_at_scale(binary(x)[:, 0], expected)
+
+
+def test_export_model_without_classes_needs_no_data(tmp_path):
+    folders = export_model(randomised(), tmp_path, architecture='coded_resnext17_10x2d',
+                           card={'repo_id': 'acme/toy', 'tag': 'toy'}, classes='none')
+    assert [f.name for f in folders] == ['full']
