@@ -2,7 +2,7 @@
 `pip install -e .` alike. Everything else is declared in pyproject.toml.
 
 The .pth is the start-up hook that registers the coded models and the coding-loss tasks when
-`timm` is imported (see timm_coded/_autoload.py, which also holds the file's one line).
+`timm` is imported (see timm_coded_autoload.py, which also holds the file's one line).
 - Regular wheels: build_py writes it at the root of build_lib, which becomes the wheel's root
   (= site-packages).
 - Editable wheels (PEP 660): setuptools' lenient editable strategies only ship their own
@@ -22,8 +22,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _autoload_module():
-    # Loaded by path: the package's __init__ imports torch, which a build environment lacks.
-    path = os.path.join(HERE, 'timm_coded', '_autoload.py')
+    # Loaded by path: a build runs in an isolated environment where the project is not importable.
+    path = os.path.join(HERE, 'timm_coded_autoload.py')
     spec = importlib.util.spec_from_file_location('_timm_coded_autoload_for_build', path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

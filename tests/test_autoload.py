@@ -1,4 +1,4 @@
-"""The start-up hook: timm_coded_autoload.pth and timm_coded/_autoload.py.
+"""The start-up hook: timm_coded_autoload.pth and timm_coded_autoload.py.
 
 Each check runs a fresh interpreter. It starts with `-S` (no site processing, so an installed
 copy of the hook in this environment cannot interfere), puts this environment's packages on
@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _autoload_module():
     # by path, as setup.py does: the module must work without the package being imported
-    spec = importlib.util.spec_from_file_location('_autoload_under_test', REPO / 'timm_coded' / '_autoload.py')
+    spec = importlib.util.spec_from_file_location('_autoload_under_test', REPO / 'timm_coded_autoload.py')
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -64,12 +64,12 @@ def test_pth_is_one_import_line():
 
 def test_start_up_imports_neither_torch_nor_timm(site_dir):
     proc = run_python(site_dir, (
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'timm', 'timm_coded', 'numpy')))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'timm', 'timm_coded', 'timm_coded_autoload', 'numpy')))\n"
         "print(type(sys.meta_path[0]).__name__)\n"
     ), args=('-X', 'importtime'))
     assert proc.returncode == 0, proc.stderr
     loaded, first_finder = proc.stdout.splitlines()
-    assert loaded == "['timm_coded._autoload']"  # loaded by path; the package (and torch) are not
+    assert loaded == "['timm_coded_autoload']"  # the hook only; the package (and torch) are not
     assert first_finder == '_ImportWatcher'
     imported = [line.split('|')[-1].strip() for line in proc.stderr.splitlines() if line.startswith('import time:')]
     assert imported and not any(name.split('.')[0] in ('torch', 'timm', 'numpy') for name in imported)
@@ -83,14 +83,14 @@ def test_importing_timm_registers_models_and_coded_tasks_and_logs_one_line(site_
         "import timm_coded, timm_coded.training as tr\n"
         "print(timm.list_models('coded_*'))\n"
         "print(ClassificationTask is tr.CodedClassificationTask, MultiLabelClassificationTask is tr.CodedMultiLabelClassificationTask)\n"
-        "print(any(type(f).__name__ == '_ImportWatcher' for f in sys.meta_path), timm_coded._autoload.__name__)\n"
+        "print(any(type(f).__name__ == '_ImportWatcher' for f in sys.meta_path), sys.modules['timm_coded_autoload'].__name__)\n"
         "import importlib; importlib.reload(timm)\n"  # a second import of timm: no second line
     ))
     assert proc.returncode == 0, proc.stderr
     models, tasks, watcher = proc.stdout.splitlines()
     assert 'coded_resnext29_10x11d' in models and 'coded_resnext17_10x2d' in models
     assert tasks == 'True True'
-    assert watcher == 'False timm_coded._autoload'  # the watcher removed itself after activating
+    assert watcher == 'False timm_coded_autoload'  # the watcher removed itself after activating
     lines = hook_lines(proc.stderr)
     assert len(lines) == 1 and 'coded_* models registered' in lines[0] and 'TIMM_CODED_AUTOLOAD=0' in lines[0]
 
@@ -112,7 +112,7 @@ def test_environment_variable_turns_it_off(site_dir, monkeypatch):
         "import timm, timm.task\n"
         "from timm.task.classification import ClassificationTask\n"
         "print(timm.list_models('coded_*'), timm.task.ClassificationTask is ClassificationTask, "
-        "'timm_coded._autoload' in sys.modules)\n"
+        "any(type(f).__name__ == '_ImportWatcher' for f in sys.meta_path))\n"
     ), env_extra={'TIMM_CODED_AUTOLOAD': '0'})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == '[] True False'
@@ -127,7 +127,6 @@ def test_environment_variable_turns_it_off(site_dir, monkeypatch):
 def test_a_broken_package_does_not_break_import_timm(site_dir, tmp_path):
     broken = tmp_path / 'timm_coded'
     broken.mkdir()
-    shutil.copy(REPO / 'timm_coded' / '_autoload.py', broken / '_autoload.py')
     (broken / '__init__.py').write_text("raise RuntimeError('simulated broken install')\n")
     proc = run_python(site_dir, (
         f"sys.path.insert(0, {str(tmp_path)!r})\n"  # after the .pth ran: the hook found the real package
@@ -146,7 +145,7 @@ def test_a_broken_package_does_not_break_import_timm(site_dir, tmp_path):
 def project_copy(tmp_path_factory):
     pytest.importorskip('setuptools')
     root = tmp_path_factory.mktemp('project')
-    for name in ('pyproject.toml', 'setup.py', 'README.md', 'LICENSE'):
+    for name in ('pyproject.toml', 'setup.py', 'README.md', 'LICENSE', 'timm_coded_autoload.py'):
         if (REPO / name).exists():
             shutil.copy(REPO / name, root / name)
     shutil.copytree(REPO / 'timm_coded', root / 'timm_coded', ignore=shutil.ignore_patterns('__pycache__'))
@@ -175,4 +174,4 @@ def test_wheels_install_the_pth_into_site_packages(project_copy, tmp_path, hook)
             editable_pth = [n for n in names if n.startswith('__editable__') and n.endswith('.pth')]
             assert editable_pth and sorted(editable_pth + [AUTOLOAD.PTH_FILENAME])[-1] == AUTOLOAD.PTH_FILENAME
         else:
-            assert 'timm_coded/_autoload.py' in names and 'timm_coded/training/loss.py' in names
+            assert 'timm_coded_autoload.py' in names and 'timm_coded/training/loss.py' in names

@@ -95,7 +95,7 @@ def register_models() -> None:
 
 
 def _register_when_timm_is_imported() -> None:
-    from . import _autoload  # standard library only
+    import timm_coded_autoload as _autoload  # standard library only
 
     timm = sys.modules.get('timm')
     spec = getattr(timm, '__spec__', None)

@@ -8,7 +8,7 @@ timm's other tasks) add the coding loss there, so train.py's AMP autocast, gradi
 accumulation, loss scaling, DDP gradient sync and EMA all apply to it unchanged.
 
 `install_timm_tasks()` points `timm.task.<Task>` at the coded subclasses; the start-up hook in
-`_autoload.py` calls it when `timm` is imported. For models without coded blocks every coded
+`timm_coded_autoload.py` calls it when `timm` is imported. For models without coded blocks every coded
 task is exactly timm's task.
 
 Custom training loops use the same pieces:

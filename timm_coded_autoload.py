@@ -1,16 +1,16 @@
-"""Start-up hook: when `timm` is imported, register the coded models and the coding-loss tasks.
+"""Start-up hook of timm-coded: when `timm` is imported, register the coded models and the coding-loss tasks.
 
 timm has no plugin discovery, and its train.py / validate.py build models by name right after
 importing timm. Installing timm-coded puts `timm_coded_autoload.pth` in site-packages (see
-setup.py); at interpreter start it loads this file *by path* (the `timm_coded` package itself
-imports torch, which must not happen at start-up) and calls `install()`, which only puts a small
+setup.py), whose one line imports this module and calls `install()`, which only puts a small
 finder on `sys.meta_path`. Nothing else happens until some code imports `timm`; when timm has
 finished importing, `timm_coded` is imported (registering `coded_*` models) and
 `timm.task.ClassificationTask` and friends are pointed at the coded subclasses
 (`timm_coded.training.install_timm_tasks`). One line is logged. `TIMM_CODED_AUTOLOAD=0` turns
 it all off.
 
-This module must import nothing but the standard library.
+A top-level module, not part of the package: importing `timm_coded` imports torch, which must
+not happen at every interpreter start. It must import nothing but the standard library.
 """
 # Only modules that every interpreter has loaded before site runs: this file is executed at
 # start-up, and e.g. importlib.abc (-> importlib.resources, pathlib) or logging would add
@@ -24,26 +24,9 @@ ENV_VAR = 'TIMM_CODED_AUTOLOAD'
 _OFF_VALUES = ('0', 'false', 'no', 'off')
 
 PTH_FILENAME = 'timm_coded_autoload.pth'
-# The one line of the .pth file (site executes lines that start with "import"). It checks the
-# switch, finds the timm_coded folder through the meta path finders (regular and editable
-# installs) without importing the package (that would import torch), and runs this file's
-# install(). Any failure prints one line and leaves Python working.
-_BOOT = (
-    "try:\n"
-    " import importlib.machinery as im\n"
-    " p = next(filter(None, (f.find_spec('timm_coded', None) for f in sys.meta_path if hasattr(f, 'find_spec'))), None)\n"
-    " if p is not None and p.submodule_search_locations and 'timm_coded._autoload' not in sys.modules:\n"
-    "  f = os.path.join(list(p.submodule_search_locations)[0], '_autoload.py')\n"
-    "  l = im.SourceFileLoader('timm_coded._autoload', f)\n"
-    "  m = type(sys)(l.name); m.__file__ = f; m.__loader__ = l; m.__spec__ = im.ModuleSpec(l.name, l, origin=f)\n"
-    "  sys.modules[l.name] = m; l.exec_module(m); m.install()\n"
-    "except Exception as e:\n"
-    " sys.stderr.write('timm-coded: start-up hook disabled: %r\\n' % (e,))\n"
-)
-PTH_LINE = (
-    "import os, sys; os.environ.get('" + ENV_VAR + "', '1').strip().lower() in " + repr(_OFF_VALUES)
-    + " or exec(" + repr(_BOOT) + ", {'os': os, 'sys': sys})\n"
-)
+# The one line of the .pth file (site executes lines that start with "import"). install() checks
+# the TIMM_CODED_AUTOLOAD switch itself.
+PTH_LINE = 'import timm_coded_autoload; timm_coded_autoload.install()\n'
 
 _activated = False
 _activating = False
@@ -197,8 +180,6 @@ def activate() -> bool:
     finally:
         _activating = False
     _activated = True
-    # `from timm_coded import _autoload` must find this module even though the .pth loaded it by path
-    setattr(timm_coded, '_autoload', sys.modules.get(__name__, sys.modules.get('timm_coded._autoload')))
     import timm
     num_models = len(timm.list_models('coded_*'))
     _emit('info', f'timm-coded {getattr(timm_coded, "__version__", "")}: {num_models} coded_* models '
