@@ -143,13 +143,19 @@ class MacsProfile:
         raise KeyError(block_name)
 
 
+# ops whose multiply-adds are counted: the convs and the classifier (flop counter flops = 2 x MACs)
+_COUNTED_OPS = ('aten.convolution', 'aten.mm', 'aten.addmm')
+
+
 @torch.no_grad()
 def count_macs(model: CodedResNeXt, input_size: Optional[Sequence[int]] = None) -> MacsProfile:
-    """MACs per sample of the stem, every block and the head, counted with forward hooks.
+    """MACs per sample of the stem, every block and the head, from torch's flop counter.
 
-    conv: output elements x (input channels / groups) x kernel area; linear: in x out. The energy
-    quadratic forms and elementwise ops are left out (a few % of a block).
+    Convs and the fc only: the energy quadratic forms (bmm/einsum) and elementwise ops are left
+    out (a few % of a block), so a sliced model's count is the physical share of its convs.
     """
+    from torch.utils.flop_counter import FlopCounterMode
+
     if input_size is None:
         cfg = getattr(model, 'pretrained_cfg', None) or {}
         if 'input_size' not in cfg:
@@ -157,42 +163,24 @@ def count_macs(model: CodedResNeXt, input_size: Optional[Sequence[int]] = None) 
                              'pass input_size=(C, H, W)')
         input_size = cfg['input_size']
     input_size = tuple(input_size)[-3:]
-    block_of = {}
-    for name, _ in network_blocks(model):
-        block_of[name] = name
-    counts: Dict[str, int] = {}
-
-    def segment(module_name: str) -> str:
-        parts = module_name.split('.')
-        if len(parts) >= 2 and f'{parts[0]}.{parts[1]}' in block_of:
-            return f'{parts[0]}.{parts[1]}'
-        return 'head' if parts[0] == 'fc' else 'stem'
-
-    def hook_for(module_name: str):
-        def hook(module, inputs, output):
-            if isinstance(module, nn.Conv2d):
-                kh, kw = module.kernel_size
-                per_output = module.in_channels // module.groups * kh * kw
-            else:
-                per_output = module.in_features
-            macs = output[0].numel() * per_output  # first sample
-            key = segment(module_name)
-            counts[key] = counts.get(key, 0) + int(macs)
-        return hook
-
-    handles = [m.register_forward_hook(hook_for(n)) for n, m in model.named_modules()
-               if isinstance(m, (nn.Conv2d, nn.Linear))]
     was_training = model.training
     model.eval()
     try:
         param = next(model.parameters())
-        model(torch.zeros((1,) + input_size, device=param.device, dtype=param.dtype))
+        with FlopCounterMode(display=False) as counter:
+            model(torch.zeros((1,) + input_size, device=param.device, dtype=param.dtype))
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
-    return MacsProfile(counts.get('stem', 0), {name: counts.get(name, 0) for name in block_of},
-                       counts.get('head', 0))
+    counts = counter.get_flop_counts()  # 'Global' and '<ModelClass>.<module path>' -> {op: flops}
+
+    def macs(key: str) -> int:
+        return sum(int(v) for op, v in counts.get(key, {}).items() if str(op) in _COUNTED_OPS) // 2
+
+    root = type(model).__name__
+    blocks = {name: macs(f'{root}.{name}') for name, _ in network_blocks(model)}
+    classifier = (getattr(model, 'pretrained_cfg', None) or {}).get('classifier', 'fc')
+    head = macs(f'{root}.{classifier}')
+    return MacsProfile(macs('Global') - sum(blocks.values()) - head, blocks, head)
 
 
 # --- early exit ---------------------------------------------------------------------------------
