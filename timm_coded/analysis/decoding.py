@@ -27,7 +27,7 @@ from ..models.layers import CodedBottleneck, EnergyRecorder
 
 __all__ = [
     'ModelOutputs', 'collect_outputs', 'network_blocks', 'decoder_blocks', 'early_decoding_accuracy',
-    'early_predictions', 'MacsProfile', 'count_macs', 'EarlyExitOutput', 'early_exit_predict',
+    'early_predictions', 'top1', 'MacsProfile', 'count_macs', 'EarlyExitOutput', 'early_exit_predict',
     'EarlyExitPoint', 'simulate_early_exit', 'default_exit_thresholds',
     'SpecializationCurve', 'default_specialization_block', 'specialization_curve',
 ]
@@ -113,11 +113,17 @@ def early_predictions(model: CodedResNeXt, outputs: ModelOutputs) -> Dict[str, T
     return result
 
 
+def top1(predictions: torch.Tensor, targets: torch.Tensor) -> float:
+    """Share of predicted classes (or of logits' argmax, for (n, K) logits) equal to the targets."""
+    if predictions.dim() == 2:
+        predictions = predictions.argmax(dim=1)
+    return float((predictions == targets).float().mean()) if targets.numel() else float('nan')
+
+
 def early_decoding_accuracy(model: CodedResNeXt, outputs: ModelOutputs) -> Dict[str, float]:
     """Accuracy of every coded block's early decoder (paper Fig. 4), plus 'classifier' (the fc)."""
-    acc = {name: float((pred == outputs.targets).float().mean())
-           for name, (pred, _) in early_predictions(model, outputs).items()}
-    acc['classifier'] = float((outputs.logits.argmax(1) == outputs.targets).float().mean())
+    acc = {name: top1(pred, outputs.targets) for name, (pred, _) in early_predictions(model, outputs).items()}
+    acc['classifier'] = top1(outputs.logits, outputs.targets)
     return acc
 
 
@@ -303,7 +309,7 @@ def simulate_early_exit(
             done |= leaving
         fractions = {name: float((exit_at == i).float().mean()) for i, name in enumerate(names)}
         curve.append(EarlyExitPoint(
-            float(threshold), float((prediction == outputs.targets).float().mean()), float(spent.mean()),
+            float(threshold), top1(prediction, outputs.targets), float(spent.mean()),
             float(spent.mean()) / macs.total, fractions))
     return curve
 

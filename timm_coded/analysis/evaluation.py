@@ -22,7 +22,7 @@ from ..models.binary import (
 from ..models.coded_resnext import CodedResNeXt
 from .decoding import (
     ModelOutputs, SpecializationCurve, collect_outputs, count_macs, decoder_blocks,
-    early_decoding_accuracy, simulate_early_exit, specialization_curve,
+    early_decoding_accuracy, simulate_early_exit, specialization_curve, top1,
 )
 from ..energy import rescaled_energies
 from ..errors import TimmCodedError
@@ -34,8 +34,8 @@ __all__ = [
 
 
 def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
-    """Top-1 accuracy."""
-    return float((logits.argmax(dim=1) == targets).float().mean()) if targets.numel() else float('nan')
+    """Top-1 accuracy of (n, K) logits."""
+    return top1(logits, targets)
 
 
 def mean_energies_per_class(model: CodedResNeXt, outputs: ModelOutputs) -> Dict[str, np.ndarray]:
