@@ -292,17 +292,17 @@ def _raise(error):
 
 def test_publish_network_errors_are_one_line(capsys, tmp_path, monkeypatch):
     import huggingface_hub.errors as hf_errors
-    import timm_coded.hub.artifacts
+    import timm_coded.hub.upload
 
     try:
         import httpx2 as httpx
     except ImportError:
         import httpx
-    monkeypatch.setattr(timm_coded.hub.artifacts, 'publish', _raise(httpx.ConnectError('[Errno -2] Name or service not known')))
+    monkeypatch.setattr(timm_coded.hub.upload, 'publish', _raise(httpx.ConnectError('[Errno -2] Name or service not known')))
     one_line_error(capsys, main(['publish', str(tmp_path), '--repo', 'org/name']), 'publish',
                    'cannot reach the Hugging Face Hub (ConnectError: [Errno -2] Name or service not known)',
                    'publishing needs network access; --dry-run plans offline')
-    monkeypatch.setattr(timm_coded.hub.artifacts, 'publish', _raise(hf_errors.OfflineModeIsEnabled('offline mode is enabled')))
+    monkeypatch.setattr(timm_coded.hub.upload, 'publish', _raise(hf_errors.OfflineModeIsEnabled('offline mode is enabled')))
     one_line_error(capsys, main(['publish', str(tmp_path), '--repo', 'org/name']), 'publish', OFFLINE_MESSAGE)
 
 

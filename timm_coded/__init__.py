@@ -26,7 +26,7 @@ _EXPORTS = {
     'CodedBinaryClassifier': 'models.binary', 'calibrate_threshold': 'models.binary',
     'load_checkpoint': 'models.binary', 'slice_binary': 'models.binary',
     'CodedClassificationTask': 'training.loss', 'CodingLoss': 'training.loss',
-    'load_binary_classifier': 'hub.artifacts',
+    'load_binary_classifier': 'hub.download',
 }
 # the modules whose import registers models with timm
 _REGISTERING_MODULES = ('models.coded_resnext', 'models.binary')

@@ -21,7 +21,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 from ._io import StagedOutput
 from .errors import DataError, TimmCodedError
-from .hub.artifacts import sha256_file
+from .hub.export import sha256_file
 
 __all__ = ['calibration_data', 'CalibrationData', 'export_model', 'extract_binary_classifiers', 'AtomicOutput',
            'folder_name']
@@ -103,7 +103,7 @@ def export_model(
     card: the full model's card ({'repo_id', 'tag', ['dataset'], ...}); the binaries' cards take
     its repo_id, tag and dataset.
     """
-    from .hub.artifacts import export_artifact
+    from .hub.export import export_artifact
     from .models.layers import coded_blocks
 
     label_names = list(getattr(model, 'class_names', None) or [str(i) for i in range(model.num_classes)])
@@ -201,7 +201,7 @@ def extract_binary_classifiers(
 def _export_for_hub(binary, folder: Path, args: Dict[str, Any], result, metrics: Dict[str, Any],
                     hub_card: Dict[str, Any]) -> None:
     from .models.binary import binary_architecture
-    from .hub.artifacts import _portable, export_artifact
+    from .hub.export import _portable, export_artifact
 
     tag = hub_card['tag']
     measured = result.validation or result.calibration

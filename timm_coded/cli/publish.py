@@ -81,10 +81,10 @@ def _check_repo_id(repo_id: str) -> None:
 
 
 def _publish(args, folders: List[Path]):
-    """hub.artifacts.publish, with offline mode, an unreachable Hub and refusals by the Hub as one-line errors."""
+    """hub.upload.publish, with offline mode, an unreachable Hub and refusals by the Hub as one-line errors."""
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
 
-    from ..hub.artifacts import publish, unreachable_errors
+    from ..hub.upload import publish, unreachable_errors
 
     try:
         return publish(folders, args.repo, private=args.private, dry_run=args.dry_run, manifest_path=args.manifest,

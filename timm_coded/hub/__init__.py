@@ -1,14 +1,19 @@
-"""Artifacts on the Hugging Face Hub: the weights manifest, export folders, publishing, download.
+"""Artifacts on the Hugging Face Hub, one module per concern.
 
-`manifest` reads and writes weights_manifest.json (what exists, where, with which hashes; standard
-library only, the model modules read it at registration); `artifacts` exports an artifact folder
-(weights, config, card), decides the Hub layout at publish time (`artifact_branch`), plans and
-applies publishes, and downloads and verifies artifacts. Names of both are available here; they
-load on first use, so importing the manifest does not import huggingface_hub or torch.
+- `manifest`: weights_manifest.json, what exists, where, with which hashes (standard library only:
+  the model modules read it at registration);
+- `export`: artifact folders (config.json, model.safetensors, model card), reading and verifying
+  them, hashing, shipping exports inside the package;
+- `layout`: the one function that maps an artifact to its Hub branch, decided at publish time;
+- `upload`: plan and apply publishes (one commit per artifact), recording them in the manifest;
+- `download`: download, verify against the manifest, load by name.
+
+Every public name of these modules is also available here, loaded on first use, so importing the
+manifest does not import huggingface_hub or torch.
 """
 import importlib
 
-_SUBMODULES = ('artifacts', 'manifest')
+_SUBMODULES = ('manifest', 'export', 'layout', 'upload', 'download')
 
 
 def __getattr__(name: str):

@@ -541,7 +541,7 @@ def with_verified_weights(kwargs: Dict[str, Any], cfg: Optional[Dict[str, Any]],
     """`kwargs` whose pretrained cfg points at the sha256-verified file of `artifact` (if any)."""
     if artifact is None:
         return kwargs
-    from ..hub.artifacts import download_artifact
+    from ..hub.download import download_artifact
 
     folder = download_artifact(artifact)
     verified = dict(cfg, file=str(folder.joinpath(*artifact.weights_file.path.split('/'))))
