@@ -46,7 +46,7 @@ class _LowPrecisionSecondMoments(torch.autograd.Function):
     """S_n = sum over pixels of h_n h_n^T, (B, N, d, d) in h's dtype, for a bfloat16 h.
 
     Autograd through `h^T h` differentiates both operands separately and adds them; here the
-    gradient is one product, dL/dh_n = (G_n + G_n^T) h_n, computed on views of h so that it keeps
+    gradient is one product, dL/dh_n = (dS_n + dS_n^T) h_n, computed on views of h so that it keeps
     h's memory layout (a gradient in the other layout makes its accumulation with the block's
     other gradient slow). Wide blocks use per-subNN products, narrow ones one full product whose
     diagonal d x d blocks are the S_n (see FULL_PRODUCT_MAX_CHANNELS).
