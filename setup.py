@@ -5,14 +5,18 @@ The .pth is the start-up hook that registers the coded models and the coding-los
 `timm` is imported (see timm_coded_autoload.py, which also holds the file's one line).
 - Regular wheels: build_py writes it at the root of build_lib, which becomes the wheel's root
   (= site-packages).
-- Editable wheels (PEP 660): setuptools' lenient editable strategies only ship their own
-  `__editable__.*` finder/.pth, not build_lib, so the file is written into the unpacked editable
-  wheel, where setuptools also puts the files that are installed as-is. It is processed after
-  `__editable__.timm_coded-*.pth` (site reads .pth files in name order), so `timm_coded` is
-  findable by then.
+- Editable wheels (PEP 660): setuptools' editable strategies ship only their own
+  `__editable__.*` finder/.pth, not build_lib, so once setuptools has built the editable wheel the
+  file is added to it (with its RECORD line). It is processed after
+  `__editable__.timm_coded-*.pth` (site reads .pth files in name order), so `timm_coded_autoload`
+  is importable by then. Only public command APIs are used (run, dist_dir).
 """
+import base64
+import glob
+import hashlib
 import importlib.util
 import os
+import zipfile
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
@@ -52,18 +56,29 @@ class BuildPyWithAutoload(build_py):
         return outputs
 
 
+def _add_to_wheel(wheel: str, name: str, data: bytes) -> None:
+    """Add a file at the root of a built wheel and its line to the wheel's RECORD."""
+    tmp = wheel + '.tmp'
+    with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(tmp, 'w', zipfile.ZIP_DEFLATED) as dst:
+        record_name = next(n for n in src.namelist() if n.endswith('.dist-info/RECORD'))
+        for info in src.infolist():
+            if info.filename != record_name:
+                dst.writestr(info, src.read(info.filename))
+        dst.writestr(name, data)
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()
+        record = src.read(record_name).decode().rstrip('\n') + f'\n{name},sha256={digest},{len(data)}\n'
+        dst.writestr(record_name, record)
+    os.replace(tmp, wheel)
+
+
 class EditableWheelWithAutoload(editable_wheel):
     def run(self):
-        if not hasattr(editable_wheel, '_run_build_commands'):
-            raise RuntimeError(
-                'this setuptools has no editable_wheel._run_build_commands, so an editable install would '
-                'miss timm_coded_autoload.pth; use a regular install (pip install .) or setuptools <= 84')
         super().run()
-
-    def _run_build_commands(self, dist_name, unpacked_wheel, build_lib, tmp_dir):
-        result = super()._run_build_commands(dist_name, unpacked_wheel, build_lib, tmp_dir)
-        _write_pth(str(unpacked_wheel))
-        return result
+        wheels = glob.glob(os.path.join(self.dist_dir, '*.whl'))
+        if not wheels:
+            raise RuntimeError(f'no editable wheel in {self.dist_dir}: cannot add timm_coded_autoload.pth')
+        autoload = _autoload_module()
+        _add_to_wheel(max(wheels, key=os.path.getmtime), autoload.PTH_FILENAME, autoload.PTH_LINE.encode())
 
 
 setup(cmdclass={'build_py': BuildPyWithAutoload, 'editable_wheel': EditableWheelWithAutoload})
