@@ -23,8 +23,8 @@ from ._io import StagedOutput
 from .errors import DataError, TimmCodedError
 from .hub.export import sha256_file
 
-__all__ = ['calibration_data', 'CalibrationData', 'export_model', 'extract_binary_classifiers', 'AtomicOutput',
-           'folder_name']
+__all__ = ['calibration_data', 'CalibrationData', 'exports_binaries', 'export_model', 'extract_binary_classifiers',
+           'AtomicOutput', 'folder_name']
 
 # timm's names of a validation split folder (timm.data.dataset_factory)
 VAL_FOLDERS = ('val', 'valid', 'validation', 'eval', 'evaluation')
@@ -85,6 +85,16 @@ def calibration_data(model, data_dir: Optional[Union[str, Path]] = None, *, batc
 
 
 # --- export --------------------------------------------------------------------------------------
+def exports_binaries(model, classes: Union[str, Sequence[Union[int, str]], None]) -> bool:
+    """Whether `export_model(model, classes=classes)` slices binary classifiers (and so needs data):
+    not for None/'none', nor for 'all' of an uncoded model, which has no class paths."""
+    from .models.layers import coded_blocks
+
+    if classes is None or classes == 'none':
+        return False
+    return classes != 'all' or bool(coded_blocks(model))
+
+
 def export_model(
         model,
         out: Path,
@@ -104,13 +114,12 @@ def export_model(
     its repo_id, tag and dataset.
     """
     from .hub.export import export_artifact
-    from .models.layers import coded_blocks
 
     label_names = list(getattr(model, 'class_names', None) or [str(i) for i in range(model.num_classes)])
     folders = [export_artifact(model, Path(out) / 'full', architecture=architecture, model_args={},
                                label_names=label_names, card=card, overwrite=True)]
-    if classes is None or classes == 'none' or (classes == 'all' and not coded_blocks(model)):
-        return folders  # an uncoded model has no class paths: only the full model
+    if not exports_binaries(model, classes):
+        return folders
     if data is None:
         raise TimmCodedError('exporting binary classifiers needs calibration data')
     hub_card = {k: card[k] for k in ('repo_id', 'tag', 'dataset') if card.get(k)}

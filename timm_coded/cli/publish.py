@@ -49,16 +49,15 @@ def _export_checkpoint(args, export_dir: Path) -> List[Path]:
     """Load the checkpoint (safetensors or weights-only torch) and export it and its binaries
     (thresholds calibrated on --data-dir's train split, as `timm-coded extract` does)."""
     from ..models.binary import load_checkpoint
-    from ..models.layers import coded_blocks
-    from ..pipeline import calibration_data, export_model
+    from ..pipeline import calibration_data, export_model, exports_binaries
 
     if not args.model or not args.tag:
         raise TimmCodedError('publishing a checkpoint needs --model NAME and --tag TAG')
     model = load_checkpoint(args.model, args.sources[0]).eval()
     classes = 'none' if args.classes == ['none'] else 'all' if not args.classes or args.classes == ['all'] \
         else args.classes
-    needs_data = classes != 'none' and (classes != 'all' or bool(coded_blocks(model)))
-    data = calibration_data(model, args.data_dir, model_name=args.model) if needs_data else None  # before any work
+    data = calibration_data(model, args.data_dir, model_name=args.model) \
+        if exports_binaries(model, classes) else None  # before any work
     card = {'repo_id': args.repo, 'tag': args.tag, **({'dataset': args.dataset} if args.dataset else {})}
     return export_model(model, export_dir, architecture=args.model.split('.', 1)[0], card=card, classes=classes,
                         data=data, checkpoint=Path(args.sources[0]), progress=True)
