@@ -6,7 +6,6 @@ loads with `local-dir:`; cards name local files by file name and sha256, never b
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -14,10 +13,12 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import CommitOperationAdd, ModelCard, ModelCardData
+from huggingface_hub.lfs import UploadInfo
 from huggingface_hub.utils.sha import git_hash, sha_fileobj
 
 from .._io import normalise_modes, umask_mode
@@ -401,21 +402,43 @@ def export_artifact(
 
 @dataclass(frozen=True)
 class LocalFile:
+    """A file of an artifact as it would be uploaded. `operation` is the one `CommitOperationAdd` that sends it,
+    built on first use; `size` and `sha256` are its `upload_info` (huggingface_hub hashes the file on first use,
+    in one read), so the plan, the commit and the manifest record carry the same hash, taken once."""
     path: str
     local_path: Optional[Path]  # None: the content is `data` (a model card rendered for the Hub)
-    size: int
-    sha256: str
-    blob_id: str  # git sha1, to compare with non-LFS files on the Hub
     data: Optional[bytes] = field(default=None, repr=False, compare=False)
 
     @classmethod
     def of(cls, folder: Path, name: str) -> 'LocalFile':
-        p = folder / name
-        return cls(name, p, p.stat().st_size, sha256_file(p), git_blob_sha1(p))
+        return cls(name, folder / name)
 
     @classmethod
     def from_bytes(cls, name: str, data: bytes) -> 'LocalFile':
-        return cls(name, None, len(data), sha_fileobj(io.BytesIO(data)).hex(), git_hash(data), data)
+        return cls(name, None, data)
+
+    @cached_property
+    def operation(self) -> CommitOperationAdd:
+        source = self.data if self.data is not None else str(self.local_path)
+        return CommitOperationAdd(path_in_repo=self.path, path_or_fileobj=source)
+
+    @property
+    def size(self) -> int:
+        return self.operation.upload_info.size
+
+    @property
+    def sha256(self) -> str:
+        return self.operation.upload_info.sha256.hex()
+
+    @cached_property
+    def blob_id(self) -> str:
+        """git sha1 of the content, to compare with a plain (non-LFS) file on the Hub; computed only then. A file
+        not hashed yet gets its sha256 from the same read."""
+        data = self.read_bytes()
+        info = self.operation.upload_info
+        if not getattr(info, 'is_hashed', True):  # (older huggingface_hub hashes when the operation is built)
+            info.sha256 = UploadInfo.from_bytes(data).sha256
+        return git_hash(data)
 
     def read_bytes(self) -> bytes:
         return self.data if self.data is not None else self.local_path.read_bytes()

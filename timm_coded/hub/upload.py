@@ -35,20 +35,22 @@ _logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RemoteFile:
-    """A file as the Hub reports it: `sha256` for LFS files, `blob_id` (git sha1) for all."""
+    """A file as the Hub reports it: `sha256` for LFS files, `blob_id` (git sha1) for all. A file this plan
+    will send (`planned`) has its sha256 and no blob_id."""
     path: str
     size: int
-    blob_id: str
+    blob_id: Optional[str]
     sha256: Optional[str] = None
 
     def same_content(self, local: LocalFile) -> bool:
         if self.sha256 is not None:
             return self.sha256 == local.sha256 and self.size == local.size
-        return self.blob_id == local.blob_id
+        # a plain git file: its blob id covers the size, so only a file of that size needs a git sha1
+        return self.size == local.size and self.blob_id == local.blob_id
 
     @classmethod
     def planned(cls, local: LocalFile) -> 'RemoteFile':
-        return cls(local.path, local.size, local.blob_id, local.sha256)
+        return cls(local.path, local.size, None, local.sha256)
 
 
 @dataclass(frozen=True)
@@ -183,13 +185,6 @@ def _commit_text(export: ExportedArtifact) -> Tuple[str, str]:
     return message, description
 
 
-def _add_operation(local: LocalFile) -> CommitOperationAdd:
-    source = local.data if local.data is not None else str(local.local_path)
-    op = CommitOperationAdd(path_in_repo=local.path, path_or_fileobj=source)
-    op.upload_info.sha256 = bytes.fromhex(local.sha256)  # hashed once already; the Hub re-checks on upload
-    return op
-
-
 def _checked_exports(folders: Iterable[PathLike], repo_id: str, manifest: Optional[Manifest]) -> List[ExportedArtifact]:
     """Read the folders and refuse anything that must not be published, before any request is made:
     a folder exported for another repo, two artifacts for one branch, an unknown parent, and weights
@@ -272,22 +267,33 @@ def _plan(exports: List[ExportedArtifact], repo_id: str, remote: Optional[Remote
     remote = remote or RemoteState(repo_id, exists=False)
     by_branch = {e.branch: e for e in exports}
 
-    # state of main once this plan's own main commit (if any) has landed: new branches start from it
-    main_files: Dict[str, RemoteFile] = dict(remote.branches[MAIN_BRANCH].files) if MAIN_BRANCH in remote.branches else {}
-    if MAIN_BRANCH in by_branch:
-        main_files = {p: f for p, f in main_files.items() if p in _REPO_HOUSEKEEPING}
-        main_files.update({f.path: RemoteFile.planned(f) for f in by_branch[MAIN_BRANCH].files})
+    def main_once_landed() -> Dict[str, RemoteFile]:
+        """main once this plan's own main commit (if any) has landed: new branches start from it."""
+        files = dict(remote.branches[MAIN_BRANCH].files) if MAIN_BRANCH in remote.branches else {}
+        if MAIN_BRANCH in by_branch:
+            files = {p: f for p, f in files.items() if p in _REPO_HOUSEKEEPING}
+            files.update({f.path: RemoteFile.planned(f) for f in by_branch[MAIN_BRANCH].files})
+        return files
 
+    # Each file is hashed once, by its own CommitOperationAdd (LocalFile.operation), which the commit sends as
+    # planned: every file is hashed while planning (the commit description names each sha256), so the sha256
+    # the plan and the manifest record is the one the upload is checked against. main's state for new branches
+    # is taken after main's own commit is planned (exports come main first), so a file compared with a plain
+    # git file on main has its sha256 from the read that gave its git sha1.
+    main_files: Optional[Dict[str, RemoteFile]] = None
     commits = []
     for e in exports:
         existing = remote.branches.get(e.branch)
         if existing is not None:
             base_files = existing.files
-        else:  # main in a new repo starts empty (but for .gitattributes); a new branch starts as main
-            base_files = {} if e.branch == MAIN_BRANCH else main_files
+        elif e.branch == MAIN_BRANCH:  # main in a new repo starts empty (but for .gitattributes)
+            base_files = {}
+        else:  # a new branch starts as main
+            main_files = main_once_landed() if main_files is None else main_files
+            base_files = main_files
         local = {f.path: f for f in e.files}
         operations: List[Union[CommitOperationAdd, CommitOperationDelete]] = [
-            _add_operation(f) for f in e.files if not (f.path in base_files and base_files[f.path].same_content(f))]
+            f.operation for f in e.files if not (f.path in base_files and base_files[f.path].same_content(f))]
         operations += [
             CommitOperationDelete(path_in_repo=p) for p in sorted(base_files)
             if p not in local and p not in _REPO_HOUSEKEEPING]
