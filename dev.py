@@ -54,11 +54,13 @@ def test(args) -> int:
     _run([python, 'tests/timm_suite.py'])  # timm's own test-suite, from its source distribution
     env = dict(os.environ, PYTHONUNBUFFERED='1')
     ours = subprocess.run([str(python), '-m', 'pytest', 'tests', '-q', *args], cwd=REPO, env=env).returncode
-    # timm's model tests, selecting our models (exit code 5 = nothing selected = failure)
+    # timm's model tests, selecting our models (exit code 5 = nothing selected = failure). The
+    # a1h_in1k tags start from timm's ImageNet weights on huggingface.co, which CI cannot reach:
+    # their downloads are tested against the local Hub server instead (tests/test_imagenet_init.py)
     tests_dir = subprocess.run([str(python), 'tests/timm_suite.py'], cwd=REPO, capture_output=True, text=True,
                                check=True).stdout.strip()
     upstream = subprocess.run(
-        [str(python), '-m', 'pytest', '-p', 'timm_coded', f'{tests_dir}/test_models.py', '-k', 'coded_', '-q',
+        [str(python), '-m', 'pytest', '-p', 'timm_coded', f'{tests_dir}/test_models.py', '-k', 'coded_ and not a1h_in1k', '-q',
          '-p', 'no:cacheprovider', '--rootdir', tests_dir, '-c', '/dev/null'],
         cwd=REPO, env=env).returncode
     print(f'\ntimm-coded tests: exit {ours}; timm model suite on coded_* models: exit {upstream}')

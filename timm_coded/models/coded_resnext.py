@@ -19,13 +19,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, SelectAdaptivePool2d, get_act_layer, get_norm_layer
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, register_model
 from timm.models._features import feature_take_indices
 from timm.models.resnet import downsample_conv
 
 from ..codes import CodingScheme, builtin_name, builtin_scheme, list_builtin_schemes, load_scheme
 from ..constants import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
-from ..errors import SchemeError
+from ..errors import CheckpointMismatchError, SchemeError
 from ..hub.manifest import ManifestError, pretrained_cfg_overrides
 from .layers import CodedBottleneck, CodedStage
 
@@ -446,6 +446,9 @@ class Architecture:
     num_classes: int
     aliases: Tuple[str, ...] = ()
     dataset_stats: Tuple[Tuple[float, ...], Tuple[float, ...]] = (CIFAR10_MEAN, CIFAR10_STD)
+    # timm's own `arch.tag` whose weights (same parameter names) start fine-tuning: the tag
+    # `<name>.<its tag>` loads them from timm's Hub repository (see `timm_weights_cfgs`)
+    timm_weights: Optional[str] = None
 
 
 ARCHITECTURES: Dict[str, Architecture] = {
@@ -462,7 +465,7 @@ ARCHITECTURES: Dict[str, Architecture] = {
     'coded_resnext50_32x4d': Architecture(dict(
         layers=(3, 4, 6, 3), stage_channels=(256, 512, 1024, 2048), num_subnns=32, subnn_width=(4, 8, 16, 32),
         num_active=(32, 32, 16, 8), stem_type='imagenet', coding_loss_weight=1.), cifar=False, num_classes=1000,
-        aliases=('coded_resnext50',)),
+        aliases=('coded_resnext50',), timm_weights='resnext50_32x4d.a1h_in1k'),
     # Not in the paper: a small CIFAR-10 network with the same coding (10 subNNs; 10/10, 5/10,
     # 3/10) that trains on two CPU cores in minutes. For demos, tests and quick experiments.
     'coded_resnext17_10x2d': Architecture(dict(
@@ -504,9 +507,68 @@ def _check_pretrained_values(state_dict: Dict[str, torch.Tensor], model: nn.Modu
     """timm's pretrained filter: refuse non-floating or non-finite weights on every load path."""
     from .binary import check_weight_values
 
-    source = (getattr(model, 'pretrained_cfg', None) or {}).get('file') or 'the pretrained weights'
-    check_weight_values(model, state_dict, what=str(source))
+    check_weight_values(model, state_dict, what=_weights_source(model))
     return state_dict
+
+
+def _weights_source(model: nn.Module) -> str:
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    return str(cfg.get('file') or cfg.get('hf_hub_id') or 'the pretrained weights')
+
+
+def _is_timm_weights(cfg: Dict[str, Any]) -> bool:
+    """Whether a pretrained cfg is an architecture's tag of timm's own weights (`timm_weights_cfgs`)."""
+    name = cfg.get('architecture')
+    arch = ARCHITECTURES.get(canonical_architecture(name)) if name else None
+    return arch is not None and arch.timm_weights is not None and cfg.get('tag') == arch.timm_weights.split('.')[-1]
+
+
+def _fit_timm_weights(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """timm's own ResNeXt weights for a coded model: the same names, so only the head is mapped.
+
+    The authors' classifier has no bias (head_bias=False): timm's fc.bias is dropped, the 1000-class
+    fc.weight kept (head_bias=True keeps both). A head of another size is timm's loader's to drop
+    (num_classes differs from the cfg's). Everything else must match name for name and shape for
+    shape: timm's loader loads non-strictly once it drops the head, so without this check a repo
+    of another model would leave the backbone silently random.
+    """
+    cfg = model.pretrained_cfg
+    source = _weights_source(model)
+    weight, bias = f"{cfg['classifier']}.weight", f"{cfg['classifier']}.bias"
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    first_conv = f"{cfg['first_conv']}.weight"
+    if first_conv in expected:  # timm adapts the stem to in_chans after this filter
+        expected[first_conv] = (expected[first_conv][0], cfg['input_size'][0], *expected[first_conv][2:])
+    if model.num_classes != cfg['num_classes']:
+        ignored = {weight, bias}  # a new head: timm's loader drops the old one
+    elif bias not in expected and bias in state_dict:
+        ignored = {bias}
+        _logger.warning("%s: fc.bias dropped, the coded model has no classifier bias (head_bias=False, as the "
+                        "authors'); pass head_bias=True to keep it", source)
+    else:
+        ignored = set()
+    state_dict = {k: v for k, v in state_dict.items() if k not in ignored}
+    found = {k: tuple(v.shape) for k, v in state_dict.items()}
+    expected = {k: v for k, v in expected.items() if k not in ignored}
+    missing = sorted(expected.keys() - found.keys())
+    unexpected = sorted(found.keys() - expected.keys())
+    wrong = [k for k in expected if k in found and found[k] != expected[k]]
+    problems = [f'{len(wrong)} tensor(s) of another shape, e.g. {wrong[0]} is {found[wrong[0]]}, '
+                f'the model needs {expected[wrong[0]]}'] if wrong else []
+    problems += [f'{len(keys)} {what} tensor(s), e.g. {keys[0]}' for keys, what in (
+        (missing, 'missing'), (unexpected, 'unexpected')) if keys]
+    if problems:
+        wanted = ARCHITECTURES[canonical_architecture(cfg['architecture'])].timm_weights.split('.')[0]
+        raise CheckpointMismatchError(
+            f'{source} does not fit {cfg["architecture"]} (it needs timm {wanted} weights): {"; ".join(problems)}')
+    return state_dict
+
+
+def _filter_pretrained(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """timm's pretrained filter of the coded models: timm's own weights are fitted first."""
+    if _is_timm_weights(getattr(model, 'pretrained_cfg', None) or {}):
+        state_dict = _fit_timm_weights(state_dict, model)
+    return _check_pretrained_values(state_dict, model)
 
 
 def manifest_artifact_for(variant: str, pretrained: bool, kwargs: Dict[str, Any]):
@@ -562,7 +624,7 @@ def _create_coded_resnext(variant: str, pretrained: bool = False, **kwargs) -> C
     return build_model_with_cfg(
         CodedResNeXt, variant, pretrained,
         feature_cfg=dict(out_indices=tuple(range(num_feature_levels))),
-        pretrained_filter_fn=_check_pretrained_values,
+        pretrained_filter_fn=_filter_pretrained,
         **model_args,
     )
 
@@ -606,10 +668,42 @@ def architecture_cfg(name: str) -> Dict[str, Any]:
     return _cifar_cfg(arch.num_classes, mean=mean, std=std)
 
 
+def timm_weights_cfgs(name: str) -> Dict[str, Dict[str, Any]]:
+    """`name.<tag>` -> cfg of the tag that starts `name` from timm's own weights (if it has one).
+
+    The tag is the source's own (`resnext50_32x4d.a1h_in1k` -> `coded_resnext50_32x4d.a1h_in1k`),
+    so it names exactly which weights it loads. The data config and Hub repo are timm's, taken
+    from timm's cfg; only the Hub copy is a source (timm's GitHub-release url would be a second,
+    untested path). These are not sha256-pinned: timm's artifact is not in weights_manifest.json.
+    """
+    source = ARCHITECTURES[canonical_architecture(name)].timm_weights
+    if source is None:
+        return {}
+    try:
+        upstream = get_pretrained_cfg(source).to_dict()
+    except (RuntimeError, AttributeError) as e:  # a timm without these weights: no tag, not a failed import
+        _logger.error('timm has no %s weights, %s.<tag> not registered: %s', source, name, e)
+        return {}
+    data = {k: v for k, v in upstream.items() if k not in ('architecture', 'tag', 'url', 'paper_ids', 'paper_name')}
+    notes = (f'Starts from timm {source} ImageNet weights (not trained coded): for fine-tuning.',)
+    return {f'{name}.{upstream["tag"]}': dict(architecture_cfg(name), **data, notes=notes)}
+
+
 def _default_cfgs() -> Dict[str, Dict[str, Any]]:
     cfgs = {}
     for name in MODEL_ARCHS:  # every architecture and alias, with its manifest tags
-        cfgs.update(tagged_cfgs(name, architecture_cfg(name)))
+        tagged = tagged_cfgs(name, architecture_cfg(name))
+        init = timm_weights_cfgs(name)
+        if init and name in tagged:
+            # timm makes the first tag with weights the default unless a later tag ending in '*'
+            # claims it: without trained coded weights the bare cfg stays the default, so that
+            # `pretrained=True` never silently means timm's uncoded weights and the data config
+            # (and the binary twins', copied from it) is unchanged
+            cfgs.update(init)
+            cfgs[f'{name}.*'] = tagged[name]
+        else:
+            cfgs.update(tagged)
+            cfgs.update(init)
     return cfgs
 
 
