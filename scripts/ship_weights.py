@@ -1,5 +1,5 @@
-"""Evaluate a trained zoo checkpoint, export it and its per-class binary classifiers Hub-ready, ship
-them inside the package (timm_coded/weights/) and list them in weights_manifest.json.
+"""Evaluate a trained zoo checkpoint, export it, its per-class binary classifiers and its class-subset
+classifiers Hub-ready, ship them inside the package (timm_coded/weights/) and list them in weights_manifest.json.
 
 This is how the shipped CIFAR-10 weights were made (benchmarks/RESULTS.md, "The zoo model"):
 
@@ -37,6 +37,8 @@ def main() -> None:
     p.add_argument('--specialization-draws', type=int, default=3)
     p.add_argument('--report-dir', type=Path, required=True, help='where report.json and the figures go')
     p.add_argument('--description', default='')
+    p.add_argument('--subsets', default='vehicles=airplane,automobile,ship,truck;pets=cat,dog',
+                   help="class-subset classifiers to ship: 'NAME=class,class,...;NAME=...' ('' for none)")
     args = p.parse_args()
 
     history = json.loads((args.run / 'history.json').read_text())
@@ -81,10 +83,19 @@ def main() -> None:
                            f'the first {args.calibration_per_class} training images of each class')
     with tempfile.TemporaryDirectory() as tmp:
         folders = export_model(model, Path(tmp), architecture=arch, card=full_card, data=data,
-                               checkpoint=args.run / 'model.safetensors', results=report.binary)
+                               checkpoint=args.run / 'model.safetensors', results=report.binary,
+                               subsets=_parse_subsets(args.subsets))
         artifacts = ship_in_package(folders)
     for a in artifacts:
         print(a.name, a.location, {k: round(v, 4) for k, v in a.metrics.items()})
+
+
+def _parse_subsets(text: str) -> dict:
+    subsets = {}
+    for part in filter(None, (p.strip() for p in text.split(';'))):
+        name, _, classes = part.partition('=')
+        subsets[name.strip()] = [c.strip() for c in classes.split(',') if c.strip()]
+    return subsets
 
 
 if __name__ == '__main__':

@@ -260,3 +260,5 @@ def test_every_architecture_of_the_table_is_registered_with_its_binary_twin_and_
             assert timm.is_model(alias) and binary_architecture(alias) == binary_architecture(name)
             assert MODEL_ARCHS[alias] == MODEL_ARCHS[name]
     assert sorted(timm.list_models('coded_*_binary')) == sorted(binary_architecture(n) for n in ARCHITECTURES)
+    from timm_coded.models.subset import subset_architecture
+    assert sorted(timm.list_models('coded_*_subset')) == sorted(subset_architecture(n) for n in ARCHITECTURES)

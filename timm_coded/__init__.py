@@ -1,8 +1,8 @@
 """timm-coded: Coded ResNeXt (Avranas & Kountouris, arXiv 2202.05343) for timm.
 
-Importing this package registers the `coded_*` models (and their per-class `*_binary`
-classifiers) with timm: at once if timm is already imported, else the moment it is. An installed
-start-up hook does the same whenever `timm` is imported, and makes timm's training tasks add the
+Importing this package registers the `coded_*` models (with their per-class `*_binary` and
+class-subset `*_subset` classifiers) with timm: at once if timm is already imported, else the
+moment it is. An installed start-up hook does the same whenever `timm` is imported, and makes timm's training tasks add the
 coding loss (see `timm_coded.training`).
 
 The public names below load on first use (PEP 562), so `import timm_coded` and the `timm-coded`
@@ -25,11 +25,12 @@ _EXPORTS = {
     'CodedResNeXt': 'models.coded_resnext', 'MODEL_ARCHS': 'models.coded_resnext',
     'CodedBinaryClassifier': 'models.binary', 'calibrate_threshold': 'models.binary',
     'load_checkpoint': 'models.binary', 'slice_binary': 'models.binary',
+    'CodedSubsetClassifier': 'models.subset', 'slice_subset': 'models.subset',
     'CodedClassificationTask': 'training.loss', 'CodingLoss': 'training.loss',
     'load_binary_classifier': 'hub.download',
 }
 # the modules whose import registers models with timm
-_REGISTERING_MODULES = ('models.coded_resnext', 'models.binary')
+_REGISTERING_MODULES = ('models.coded_resnext', 'models.binary', 'models.subset')
 # Modules of the first release (a flat package) -> where they live now. `import timm_coded.layers`
 # and friends keep working (the module is the new one) and warn once with the new name.
 _MOVED_MODULES = {

@@ -6,6 +6,7 @@ all call these functions; the CLI only parses arguments and prints.
   models the sample shipped with the package) and its val split, if any.
 - `export_model`: the full model's Hub-ready folder and, for a coded model, one per class.
 - `extract_binary_classifiers`: slice, calibrate and write per-class binary classifiers.
+- `extract_subset_classifiers`: the same for class-subset classifiers (e.g. 'vehicles').
 
 Every class gets a folder with timm's config.json (architecture `<model>_binary`, model_args
 that rebuild it, the calibrated threshold among them) and model.safetensors, plus either
@@ -17,14 +18,14 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 from ._io import StagedOutput
 from .errors import DataError, TimmCodedError
 from .hub.export import sha256_file
 
 __all__ = ['calibration_data', 'CalibrationData', 'exports_binaries', 'export_model', 'extract_binary_classifiers',
-           'AtomicOutput', 'folder_name']
+           'extract_subset_classifiers', 'AtomicOutput', 'folder_name']
 
 # timm's names of a validation split folder (timm.data.dataset_factory)
 VAL_FOLDERS = ('val', 'valid', 'validation', 'eval', 'evaluation')
@@ -105,10 +106,12 @@ def export_model(
         data: Optional[CalibrationData] = None,
         checkpoint: Optional[Path] = None,
         results: Optional[Sequence[Any]] = None,
+        subsets: Optional[Mapping[str, Sequence[Union[int, str]]]] = None,
         progress: bool = False,
 ) -> List[Path]:
     """Hub-ready folders: `out/full` (the model) and, unless `classes` is None/'none' or the model
-    is uncoded with classes='all', `out/binary/<class>` (sliced, calibrated on `data`).
+    is uncoded with classes='all', `out/binary/<class>` (sliced, calibrated on `data`); for every
+    entry name -> classes of `subsets`, `out/subset/<name>`.
 
     card: the full model's card ({'repo_id', 'tag', ['dataset'], ...}); the binaries' cards take
     its repo_id, tag and dataset.
@@ -118,15 +121,21 @@ def export_model(
     label_names = list(getattr(model, 'class_names', None) or [str(i) for i in range(model.num_classes)])
     folders = [export_artifact(model, Path(out) / 'full', architecture=architecture, model_args={},
                                label_names=label_names, card=card, overwrite=True)]
-    if not exports_binaries(model, classes):
+    if not exports_binaries(model, classes) and not subsets:
         return folders
     if data is None:
-        raise TimmCodedError('exporting binary classifiers needs calibration data')
+        raise TimmCodedError('exporting sliced classifiers needs calibration data')
     hub_card = {k: card[k] for k in ('repo_id', 'tag', 'dataset') if card.get(k)}
-    return folders + extract_binary_classifiers(
-        model, classes, Path(out) / 'binary', data.calibration, data.validation, checkpoint=checkpoint,
-        calibration_source=data.source, notes=data.notes, overwrite=True, progress=progress, hub_card=hub_card,
-        results=results)
+    if exports_binaries(model, classes):
+        folders += extract_binary_classifiers(
+            model, classes, Path(out) / 'binary', data.calibration, data.validation, checkpoint=checkpoint,
+            calibration_source=data.source, notes=data.notes, overwrite=True, progress=progress, hub_card=hub_card,
+            results=results)
+    if subsets:
+        folders += extract_subset_classifiers(
+            model, subsets, Path(out) / 'subset', data.calibration, data.validation, checkpoint=checkpoint,
+            calibration_source=data.source, notes=data.notes, overwrite=True, progress=progress, hub_card=hub_card)
+    return folders
 
 
 # --- extract -----------------------------------------------------------------------------------
@@ -231,3 +240,86 @@ def _export_for_hub(binary, folder: Path, args: Dict[str, Any], result, metrics:
         card['dataset'] = hub_card['dataset']
     export_artifact(binary, folder, architecture=binary_architecture(args['parent_architecture']), model_args=args,
                     label_names=[result.class_name], card=card)
+
+
+# --- class subsets -------------------------------------------------------------------------------
+def extract_subset_classifiers(
+        model,
+        subsets: Mapping[str, Sequence[Union[int, str]]],
+        out: Path,
+        calibration_loader,
+        val_loader=None,
+        *,
+        checkpoint: Optional[Path] = None,
+        calibration_source: str = '',
+        notes: Sequence[str] = (),
+        overwrite: bool = False,
+        hub_card: Optional[Dict[str, Any]] = None,
+        progress: bool = False,
+) -> List[Path]:
+    """Slice, calibrate and write one class-subset classifier per entry name -> classes of `subsets`
+    into `out/<name>` (atomically, like `extract_binary_classifiers`). Returns the folders written."""
+    from timm.models import save_for_hf
+
+    from .analysis.evaluation import evaluate_subset_classifier
+    from .models.binary import count_parameters
+    from .models.subset import check_subset_name, slice_subset, subset_architecture
+
+    if not subsets:
+        raise TimmCodedError('no class subset given')
+    names = [check_subset_name(n) for n in subsets]
+    output = AtomicOutput(out, overwrite=overwrite)
+    try:
+        output.check_free(names)  # before any work
+        for name in names:
+            slice_subset(model, subsets[name], name)  # every subset valid before the first is calibrated
+        checkpoint_info = {'path': str(checkpoint), 'sha256': sha256_file(checkpoint)} if checkpoint else None
+        for name in names:
+            result = evaluate_subset_classifier(model, subsets[name], name, calibration_loader, val_loader,
+                                                progress=progress)
+            subset = slice_subset(model, result.class_indices, name, threshold=result.threshold).cpu().eval()
+            args = dict(subset._model_args)
+            metrics = dict(
+                result.to_dict(), architecture=subset_architecture(args['parent_architecture']),
+                parent_architecture=args['parent_architecture'], parent_checkpoint=checkpoint_info,
+                parent_parameters=count_parameters(model), present_subnns=args['present_subnns'],
+                threshold_rule=f'maximises F1 of "one of the subset" on {calibration_source or "the calibration data"}',
+                notes=list(notes))
+            folder = output.tmp / name
+            if hub_card is None:
+                save_for_hf(subset, folder, model_config={'label_names': result.class_names}, safe_serialization=True)
+                (folder / 'metrics.json').write_text(json.dumps(metrics, indent=2) + '\n', encoding='utf-8')
+            else:
+                _export_subset_for_hub(subset, folder, args, result, metrics, hub_card)
+        output.commit(names)
+    except BaseException:
+        output.discard()
+        raise
+    return [Path(out) / n for n in names]
+
+
+def _export_subset_for_hub(subset, folder: Path, args: Dict[str, Any], result, metrics: Dict[str, Any],
+                           hub_card: Dict[str, Any]) -> None:
+    from .hub.export import _portable, export_artifact
+    from .models.subset import subset_architecture
+
+    tag = hub_card['tag']
+    measured = result.validation or result.calibration
+    checkpoint = metrics['parent_checkpoint']
+    if checkpoint is not None:
+        checkpoint = {'file': Path(checkpoint['path']).name, 'sha256': checkpoint['sha256']}
+    top1 = result.validation_top1 if result.validation is not None else result.calibration_top1
+    card = {
+        'repo_id': hub_card['repo_id'], 'tag': f'{tag}_{result.name}', 'kind': 'subset',
+        'subset_name': result.name, 'class_indices': result.class_indices, 'class_names': result.class_names,
+        'threshold': result.threshold, 'parameter_share': result.parameter_share,
+        'parent': f"{args['parent_architecture']}.{tag}",
+        'metrics': {'precision': measured.precision, 'recall': measured.recall, 'f1': measured.f1,
+                    'top1_within_subset': top1},
+        'split': 'val' if result.validation is not None else 'train',
+        'training': {'threshold_rule': _portable(metrics['threshold_rule']), 'parent_checkpoint': checkpoint},
+    }
+    if hub_card.get('dataset'):
+        card['dataset'] = hub_card['dataset']
+    export_artifact(subset, folder, architecture=subset_architecture(args['parent_architecture']), model_args=args,
+                    label_names=result.class_names, card=card)

@@ -29,7 +29,7 @@ from ..errors import TimmCodedError
 
 __all__ = [
     'accuracy', 'mean_energies_per_class', 'ClassBinaryResult', 'evaluate_binary_classifiers',
-    'resolve_classes', 'EvaluationReport', 'evaluate',
+    'resolve_classes', 'EvaluationReport', 'evaluate', 'SubsetResult', 'evaluate_subset_classifier',
 ]
 
 
@@ -166,6 +166,66 @@ def evaluate_binary_classifiers(
             results.append(result)
         del binaries
     return results
+
+
+@dataclass
+class SubsetResult:
+    """A class-subset classifier: threshold, size, and how well it answers "one of the subset?"
+    (precision/recall/F1 against every other image) and "which one?" (top-1 among the subset's images)."""
+    name: str
+    class_indices: List[int]
+    class_names: List[str]
+    threshold: float
+    parameters: int
+    parameter_share: float
+    calibration: BinaryMetrics                   # membership, on the data the threshold was fitted on
+    calibration_top1: float                      # argmax among the subset's classes, on its images
+    validation: Optional[BinaryMetrics] = None
+    validation_top1: Optional[float] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def _membership(logits: torch.Tensor, targets: torch.Tensor, class_indices: Sequence[int]):
+    """(largest subset logit, is one of the subset, top-1 within the subset on its images)."""
+    members = torch.isin(targets, torch.as_tensor(list(class_indices)))
+    if not members.any():
+        raise TimmCodedError(f'no image of the classes {list(class_indices)} in the data')
+    predicted = torch.as_tensor(list(class_indices))[logits.argmax(dim=1)]
+    within = float((predicted[members] == targets[members]).float().mean())
+    return logits.max(dim=1).values, members, within
+
+
+def evaluate_subset_classifier(
+        model: CodedResNeXt,
+        classes: Sequence[Union[int, str]],
+        name: str,
+        calibration_loader: Iterable,
+        val_loader: Optional[Iterable] = None,
+        progress: bool = False,
+) -> SubsetResult:
+    """Slice the subset classifier of `classes`, fit the F1-maximising threshold of its membership
+    decision (largest logit >= threshold) on `calibration_loader`, and measure it there and on
+    `val_loader`. Every other image is a negative (the data's own class balance, no sampling)."""
+    from ..models.subset import slice_subset, subset_logits
+
+    subset = slice_subset(model, classes, name).eval()
+    indices = subset.class_indices
+    logits, targets = subset_logits(subset, calibration_loader, progress=progress, desc=f'subset {name} (calibration)')
+    score, members, top1_calibration = _membership(logits, targets, indices)
+    threshold = calibrate_threshold(score, members)
+    result = SubsetResult(
+        name=name, class_indices=list(indices), class_names=[_class_name(model, k) for k in indices],
+        threshold=threshold, parameters=count_parameters(subset),
+        parameter_share=count_parameters(subset) / count_parameters(model),
+        calibration=binary_metrics(score, members, threshold, negatives_per_positive=None),
+        calibration_top1=top1_calibration)
+    if val_loader is not None:
+        logits, targets = subset_logits(subset, val_loader, progress=progress, desc=f'subset {name} (validation)')
+        score, members, result.validation_top1 = _membership(logits, targets, indices)
+        result.validation = binary_metrics(score, members, threshold, negatives_per_positive=None)
+    return result
 
 
 def _jsonable(value: Any) -> Any:

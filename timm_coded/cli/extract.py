@@ -1,11 +1,16 @@
-"""`timm-coded extract`: slice a checkpoint into one binary classifier per class.
+"""`timm-coded extract`: slice a checkpoint into one binary classifier per class, or into the
+classifier of a class subset.
 
     timm-coded extract CHECKPOINT --model NAME [--classes all|k,...] [--data-dir DIR] --out DIR
+    timm-coded extract CHECKPOINT --model NAME --subset vehicles --classes airplane,automobile,ship,truck --out DIR
 
 Every class gets a folder OUT/<class>/ with timm's config.json (architecture `<model>_binary`,
 model_args that rebuild it, the calibrated threshold among them), model.safetensors and
 metrics.json (threshold, precision/recall/F1 with 9 negatives per positive on the calibration
 data and, when the data has a val/ split, on it; parameter share; parent checkpoint sha256).
+With --subset NAME, OUT/NAME/ holds one network for the --classes together: in every coded block
+the union of their subNNs, their rows of the classifier; its threshold is on the largest logit
+("one of the subset?", F1-maximising), metrics.json adds top-1 among the subset's classes.
 With --repo/--tag the folders are Hub-ready instead (README.md model card, metrics inside
 config.json), as `timm-coded publish` expects.
 
@@ -70,6 +75,9 @@ def register(subparsers) -> None:
     add_model_arguments(p)
     p.add_argument('--classes', default='all',
                    help="'all' (default) or a comma-separated list of class indices or names")
+    p.add_argument('--subset', metavar='NAME',
+                   help='slice one classifier for the --classes together, named NAME (e.g. vehicles) '
+                        'instead of one binary classifier per class')
     p.add_argument('--data-dir', type=Path, metavar='DIR',
                    help='image folder (train/ [val/] of class folders) for the thresholds; '
                         'default: the CIFAR-10 sample shipped with timm-coded')
@@ -86,10 +94,17 @@ def run(args) -> int:
 
     if bool(args.repo) != bool(args.tag):
         raise TimmCodedError('--repo and --tag go together (Hub-ready folders need both)')
+    if args.subset is not None:
+        from ..models.subset import check_subset_name
+        check_subset_name(args.subset)
+        if args.classes == 'all':
+            raise TimmCodedError('--subset needs --classes: the comma-separated classes of the subset')
     model = load_model(args)
     data = calibration_data(model, args.data_dir, batch_size=args.batch_size, workers=args.workers,
                             model_name=args.model)
     hub_card = {'repo_id': args.repo, 'tag': args.tag, 'dataset': args.dataset} if args.repo else None
+    if args.subset is not None:
+        return _run_subset(args, model, data, hub_card)
     folders = extract_binary_classifiers(
         model, args.classes, args.out, data.calibration, data.validation, checkpoint=args.checkpoint,
         calibration_source=data.source, notes=data.notes, seed=args.seed, overwrite=args.overwrite,
@@ -103,6 +118,30 @@ def run(args) -> int:
                   f"P/R/F1 {100 * measured['precision']:.1f}/{100 * measured['recall']:.1f}/{100 * measured['f1']:.1f} %")
         else:
             print(folder)
+    for note in data.notes:
+        print(f'note: {note}')
+    return 0
+
+
+def _run_subset(args, model, data, hub_card) -> int:
+    from ..pipeline import extract_subset_classifiers
+
+    classes = [c.strip() for c in args.classes.split(',') if c.strip()]
+    [folder] = extract_subset_classifiers(
+        model, {args.subset: classes}, args.out, data.calibration, data.validation, checkpoint=args.checkpoint,
+        calibration_source=data.source, notes=data.notes, overwrite=args.overwrite, hub_card=hub_card,
+        progress=sys.stderr.isatty())
+    metrics_file = folder / 'metrics.json'
+    if metrics_file.exists():
+        m = json.loads(metrics_file.read_text(encoding='utf-8'))
+        measured, top1 = (m['validation'], m['validation_top1']) if m['validation'] else \
+            (m['calibration'], m['calibration_top1'])
+        print(f"{folder}: {', '.join(m['class_names'])}; threshold {m['threshold']:+.4f}, "
+              f"{100 * m['parameter_share']:.1f} % of the parameters, one-of-the-subset P/R/F1 "
+              f"{100 * measured['precision']:.1f}/{100 * measured['recall']:.1f}/{100 * measured['f1']:.1f} %, "
+              f"top-1 within the subset {100 * top1:.1f} %")
+    else:
+        print(folder)
     for note in data.notes:
         print(f'note: {note}')
     return 0

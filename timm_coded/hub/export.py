@@ -22,9 +22,11 @@ from huggingface_hub.lfs import UploadInfo
 from huggingface_hub.utils.sha import git_hash, sha_fileobj
 
 from .._io import normalise_modes, umask_mode
-from ..errors import CheckpointMismatchError, IntegrityError, TimmCodedError
+from ..errors import CheckpointMismatchError, IntegrityError, ManifestError, TimmCodedError
 from .layout import MAIN_BRANCH, artifact_branch
-from .manifest import Artifact, ArtifactFile, BinaryInfo, HubLocation, Location, PackageLocation, update_manifest
+from .manifest import (
+    Artifact, ArtifactFile, BinaryInfo, HubLocation, Location, PackageLocation, SubsetInfo, update_manifest,
+)
 
 
 __all__ = [
@@ -67,13 +69,16 @@ def git_blob_sha1(path: PathLike) -> str:
 _CARD_KEYS = {
     'repo_id': 'Hub repo the artifact is meant for (ORG/NAME); checked by publish; the card names it once published',
     'tag': 'timm pretrained tag, e.g. cifar10 or cifar10_cat',
-    'kind': "'full' or 'binary' (default: 'binary' when class_index is given)",
+    'kind': "'full', 'binary' or 'subset' (default: 'binary' when class_index is given, 'subset' with class_indices)",
     'class_index': 'binary: index of the class in the parent model',
     'class_name': 'binary: name of the class',
-    'threshold': 'binary: logit threshold (the one maximising F1 on training data)',
+    'threshold': 'binary/subset: logit threshold (the one maximising F1 on training data)',
+    'subset_name': 'subset: what the class subset is called (e.g. vehicles)',
+    'class_indices': 'subset: indices of its classes in the parent model',
+    'class_names': 'subset: names of its classes',
     'metrics': 'name -> number (top1, precision, recall, f1, ...)',
-    'parameter_share': "binary: fraction of the parent's parameters kept (0..1]",
-    'parent': "binary: the parent artifact name 'arch.tag', or {'artifact', 'repo_id', 'revision', 'commit'} "
+    'parameter_share': "binary/subset: fraction of the parent's parameters kept (0..1]",
+    'parent': "binary/subset: the parent artifact name 'arch.tag', or {'artifact', 'repo_id', 'revision', 'commit'} "
               'when the parent is already published there',
     'dataset': 'training dataset name',
     'split': 'split the metrics were measured on',
@@ -105,9 +110,9 @@ def _normalise_card(card: Mapping[str, Any]) -> Dict[str, Any]:
         raise TimmCodedError(f"card repo_id {card['repo_id']!r} is not a Hub repo id 'ORG/NAME'")
     if not _TAG_RE.match(str(card['tag'])):
         raise TimmCodedError(f"card tag {card['tag']!r} must match [a-z0-9][a-z0-9_]*")
-    kind = card.get('kind', 'binary' if 'class_index' in card else 'full')
-    if kind not in ('full', 'binary'):
-        raise TimmCodedError(f"card kind must be 'full' or 'binary', got {kind!r}")
+    kind = card.get('kind', 'binary' if 'class_index' in card else 'subset' if 'class_indices' in card else 'full')
+    if kind not in ('full', 'binary', 'subset'):
+        raise TimmCodedError(f"card kind must be 'full', 'binary' or 'subset', got {kind!r}")
 
     meta: Dict[str, Any] = {'format': META_FORMAT, 'kind': kind, 'tag': card['tag'], 'repo_id': card['repo_id']}
     if kind == 'binary':
@@ -120,10 +125,25 @@ def _normalise_card(card: Mapping[str, Any]) -> Dict[str, Any]:
         meta['binary'] = {
             'class_index': index, 'class_name': str(card['class_name']),
             'threshold': _finite(card['threshold'], 'threshold')}
-    else:
-        bad = [k for k in ('class_index', 'class_name', 'threshold') if k in card]
-        if bad:
-            raise TimmCodedError(f'{bad} only apply to binary classifier cards (kind is {kind!r})')
+    elif kind == 'subset':
+        missing = [k for k in ('subset_name', 'class_indices', 'class_names', 'threshold', 'parent')
+                   if card.get(k) is None]
+        if missing:
+            raise TimmCodedError(f'a class-subset classifier card needs {missing}')
+        subset = {'name': card['subset_name'], 'class_indices': list(card['class_indices']),
+                  'class_names': [str(n) for n in card['class_names']],
+                  'threshold': _finite(card['threshold'], 'threshold')}
+        try:
+            SubsetInfo.from_dict(subset, 'card')
+        except ManifestError as e:
+            raise TimmCodedError(str(e)) from None
+        meta['subset'] = subset
+    keys_of = {'binary': ('class_index', 'class_name', 'threshold'),
+               'subset': ('subset_name', 'class_indices', 'class_names', 'threshold')}
+    bad = sorted({k for other, keys in keys_of.items() if other != kind for k in keys if k in card}
+                 - set(keys_of.get(kind, ())))
+    if bad:
+        raise TimmCodedError(f'{bad} do not apply to a {kind!r} card')
 
     metrics = dict(card.get('metrics') or {})
     for k, v in metrics.items():
@@ -248,7 +268,7 @@ def _card_text(
     kind = meta['kind']
 
     tags = ['image-classification', 'timm', 'timm-coded', 'coded-resnext']
-    tags += ['binary-classifier'] if kind == 'binary' else []
+    tags += {'binary': ['binary-classifier'], 'subset': ['class-subset-classifier']}.get(kind, [])
     tags += [t for t in meta['tags'] if t not in tags]
     eval_results = None
     if dataset and metrics:
@@ -271,13 +291,29 @@ def _card_text(
     else:
         lines += ['**Not published**: this card belongs to a local export; nothing of it is on the Hugging Face Hub '
                   '(`timm-coded publish` uploads it, with a card that says where).', '']
-    if kind == 'binary':
-        b, parent = meta['binary'], meta['parent']
+    if kind in ('binary', 'subset'):
+        parent = meta['parent']
         if parent_location is None and parent.get('repo_id'):  # a location the exporter gave explicitly
             parent_location = CardLocation(parent['repo_id'], parent.get('revision'), parent.get('commit'))
         parent_ref = f"`{parent['artifact']}`"
         if parent_location is not None:
             parent_ref += f' ({parent_location.describe()})'
+    if kind == 'subset':
+        sub = meta['subset']
+        classes = ', '.join(f'{n} ({k})' for n, k in zip(sub['class_names'], sub['class_indices']))
+        lines += [
+            f"Class-subset classifier **{sub['name']}** for {classes}, sliced without retraining from the "
+            f'Coded ResNeXt {parent_ref}. It keeps, in every coded block, the subNNs whose codeword digit is 1 '
+            "for at least one of these classes, and their rows of the classifier; its logits equal the parent's "
+            'logits of these classes with every other subNN removed.',
+            '',
+            f"Decision: the sample is one of the subset when its largest logit is at least **{sub['threshold']:.6g}** "
+            '(the threshold that maximised F1 of that decision on the training data); which one is the argmax. '
+            '`model.predict(x)` returns the class index in the parent, or -1.',
+            '',
+        ]
+    elif kind == 'binary':
+        b = meta['binary']
         lines += [
             f"Binary classifier for class **{b['class_name']}** (index {b['class_index']}), sliced without "
             f"retraining from the Coded ResNeXt {parent_ref}. It keeps, in every coded "
@@ -353,6 +389,9 @@ def export_artifact(
     num_classes = getattr(model, 'num_classes', None)
     if len(label_names) != num_classes:
         raise TimmCodedError(f'{len(label_names)} label names for a model with {num_classes} outputs')
+    if meta['kind'] == 'subset' and label_names != meta['subset']['class_names']:
+        raise TimmCodedError(f"a class-subset classifier's outputs are its classes {meta['subset']['class_names']}, "
+                             f'got label_names {label_names}')
     if meta['kind'] == 'binary' and label_names != [meta['binary']['class_name']]:
         raise TimmCodedError(
             f"a binary classifier has one output named after its class {meta['binary']['class_name']!r}, "
@@ -470,7 +509,9 @@ class ExportedArtifact:
     @property
     def branch(self) -> str:
         # decided when publishing, by the one layout function (an export holds no Hub location)
-        return artifact_branch(self.kind, self.meta.get('binary', {}).get('class_name'))
+        name = self.meta.get('subset', {}).get('name') if self.kind == 'subset' else \
+            self.meta.get('binary', {}).get('class_name')
+        return artifact_branch(self.kind, name)
 
     def to_artifact(self, repo_id: str, commit: Optional[str]) -> Artifact:
         """The manifest record of this artifact once published to `repo_id` at `commit`."""
@@ -485,12 +526,13 @@ class ExportedArtifact:
         if self.config.get('label_names'):
             pretrained_cfg['label_names'] = list(self.config['label_names'])
         binary = BinaryInfo(**self.meta['binary']) if self.kind == 'binary' else None
+        subset = SubsetInfo.from_dict(self.meta['subset'], 'export') if self.kind == 'subset' else None
         parent = self.meta.get('parent', {}).get('artifact') if self.meta.get('parent') else None
         return Artifact(
             architecture=self.architecture, tag=self.meta['tag'], kind=self.kind,
             location=location,
             files=tuple(f.record() for f in self.files), pretrained_cfg=pretrained_cfg,
-            model_args=dict(self.config.get('model_args', {})), binary=binary,
+            model_args=dict(self.config.get('model_args', {})), binary=binary, subset=subset,
             metrics=dict(self.meta.get('metrics', {})), training=dict(self.meta.get('training', {})), parent=parent)
 
 

@@ -11,13 +11,15 @@ Schema (version 1)::
         {
           "architecture": "coded_resnext29_10x11d",    # a registered timm architecture
           "tag": "cifar10",                            # timm pretrained tag: name is 'architecture.tag'
-          "kind": "full",                              # 'full' or 'binary'
+          "kind": "full",                              # 'full', 'binary' or 'subset'
           "location": {"type": "hub", "repo_id": "org/name", "revision": "main", "commit": "<40 hex>"},
                   # or {"type": "package", "path": "pretrained/<folder>"}  (inside the installed package)
           "files": [{"path": "model.safetensors", "sha256": "<64 hex>", "size": 1234}, ...],
           "pretrained_cfg": {"num_classes": 10, "input_size": [3, 32, 32], ...},   # timm PretrainedCfg keys
           "model_args": {"num_classes": 10, ...},      # config.json's constructor arguments (binaries: class, subNNs)
           "binary": {"class_index": 3, "class_name": "cat", "threshold": 0.5},      # kind 'binary' only
+          "subset": {"name": "vehicles", "class_indices": [0, 1, 8, 9],             # kind 'subset' only
+                     "class_names": ["airplane", "automobile", "ship", "truck"], "threshold": 0.5},
           "metrics": {"top1": 94.4},
           "training": {"dataset": "cifar10", "split": "train", "epochs": 300},
           "parent": "coded_resnext29_10x11d.cifar10"   # name of the artifact this one was sliced from
@@ -40,14 +42,14 @@ from ..errors import ManifestError
 
 __all__ = [
     'MANIFEST_SCHEMA_VERSION', 'MANIFEST_ENV', 'ARTIFACT_KINDS', 'ArtifactFile', 'HubLocation',
-    'PackageLocation', 'BinaryInfo', 'Artifact', 'Manifest', 'default_manifest_path', 'load_manifest',
+    'PackageLocation', 'BinaryInfo', 'SubsetInfo', 'Artifact', 'Manifest', 'default_manifest_path', 'load_manifest',
     'save_manifest', 'update_manifest', 'pretrained_cfg_overrides', 'PACKAGE_DIR',
 ]
 
 MANIFEST_SCHEMA_VERSION = 1
 MANIFEST_FILENAME = 'weights_manifest.json'
 MANIFEST_ENV = 'TIMM_CODED_MANIFEST'  # points every reader and writer at another manifest file
-ARTIFACT_KINDS = ('full', 'binary')
+ARTIFACT_KINDS = ('full', 'binary', 'subset')
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # timm_coded/
 
 # keys that say where weights come from: the manifest's location decides those, never pretrained_cfg
@@ -202,8 +204,38 @@ class BinaryInfo:
 
 
 @dataclass(frozen=True)
+class SubsetInfo:
+    """What a class-subset classifier decides: which classes, and the threshold on its largest logit."""
+    name: str
+    class_indices: Tuple[int, ...]
+    class_names: Tuple[str, ...]
+    threshold: float
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> 'SubsetInfo':
+        _check_keys(d, where, ('name', 'class_indices', 'class_names', 'threshold'))
+        name = _check_str(d['name'], f'{where}.name', _NAME_RE, 'a subset name ([a-z0-9_])')
+        indices, names = d['class_indices'], d['class_names']
+        if (not isinstance(indices, list)
+                or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in indices)
+                or len(indices) < 2 or len(set(indices)) != len(indices)):
+            raise _fail(f'{where}.class_indices', f'expected two or more distinct ints >= 0, got {indices!r}')
+        if not isinstance(names, list) or len(names) != len(indices):
+            raise _fail(f'{where}.class_names', f'expected one name per class index ({len(indices)}), got {names!r}')
+        names = [_check_str(n, f'{where}.class_names[{i}]') for i, n in enumerate(names)]
+        threshold = d['threshold']
+        if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not math.isfinite(threshold):
+            raise _fail(f'{where}.threshold', f'expected a finite number, got {threshold!r}')
+        return cls(name, tuple(indices), tuple(names), float(threshold))
+
+    def to_dict(self) -> dict:
+        return {'name': self.name, 'class_indices': list(self.class_indices), 'class_names': list(self.class_names),
+                'threshold': self.threshold}
+
+
+@dataclass(frozen=True)
 class Artifact:
-    """One published model: a full coded network or one class's binary classifier."""
+    """One published model: a full coded network, one class's binary classifier or a class-subset classifier."""
     architecture: str
     tag: str
     kind: str
@@ -212,6 +244,7 @@ class Artifact:
     pretrained_cfg: Dict[str, Any] = field(default_factory=dict)
     model_args: Dict[str, Any] = field(default_factory=dict)
     binary: Optional[BinaryInfo] = None
+    subset: Optional[SubsetInfo] = None
     metrics: Dict[str, float] = field(default_factory=dict)
     training: Dict[str, Any] = field(default_factory=dict)
     parent: Optional[str] = None
@@ -236,7 +269,7 @@ class Artifact:
     def from_dict(cls, d: Any, where: str) -> 'Artifact':
         _check_keys(
             d, where, ('architecture', 'tag', 'kind', 'location', 'files'),
-            ('pretrained_cfg', 'model_args', 'binary', 'metrics', 'training', 'parent'))
+            ('pretrained_cfg', 'model_args', 'binary', 'subset', 'metrics', 'training', 'parent'))
         architecture = _check_str(d['architecture'], f'{where}.architecture', _NAME_RE, 'a timm architecture name')
         tag = _check_str(d['tag'], f'{where}.tag', _NAME_RE, 'a pretrained tag ([a-z0-9_])')
         kind = d['kind']
@@ -274,6 +307,13 @@ class Artifact:
             binary = BinaryInfo.from_dict(binary, f'{where}.binary')
         elif binary is not None:
             raise _fail(f'{where}.binary', "only kind 'binary' artifacts have a 'binary' block")
+        subset = d.get('subset')
+        if kind == 'subset':
+            if subset is None:
+                raise _fail(where, "kind 'subset' needs a 'subset' block (name, class_indices, class_names, threshold)")
+            subset = SubsetInfo.from_dict(subset, f'{where}.subset')
+        elif subset is not None:
+            raise _fail(f'{where}.subset', "only kind 'subset' artifacts have a 'subset' block")
 
         metrics = d.get('metrics') or {}
         if not isinstance(metrics, dict):
@@ -293,7 +333,7 @@ class Artifact:
         for name, value in (
                 ('architecture', architecture), ('tag', tag), ('kind', kind), ('location', location),
                 ('files', files), ('pretrained_cfg', dict(pretrained_cfg)), ('model_args', dict(model_args)),
-                ('binary', binary),
+                ('binary', binary), ('subset', subset),
                 ('metrics', dict(metrics)), ('training', dict(training)), ('parent', parent)):
             object.__setattr__(self, name, value)
         return self
@@ -310,6 +350,8 @@ class Artifact:
         }
         if self.binary is not None:
             out['binary'] = self.binary.to_dict()
+        if self.subset is not None:
+            out['subset'] = self.subset.to_dict()
         out['metrics'] = dict(self.metrics)
         out['training'] = dict(self.training)
         out['parent'] = self.parent

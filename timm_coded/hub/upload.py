@@ -179,6 +179,9 @@ def _commit_text(export: ExportedArtifact) -> Tuple[str, str]:
     if export.kind == 'binary':
         b = export.meta['binary']
         message = f"Publish {export.name}: binary classifier for class {b['class_name']} (index {b['class_index']})"
+    elif export.kind == 'subset':
+        sub = export.meta['subset']
+        message = f"Publish {export.name}: class-subset classifier {sub['name']} ({', '.join(sub['class_names'])})"
     else:
         message = f'Publish {export.name}: full model'
     description = '\n'.join(f'{f.path} sha256={f.sha256} size={f.size}' for f in export.files)

@@ -38,7 +38,7 @@ __all__ = [
     'CodedBinaryClassifier', 'BinaryMetrics', 'slice_binary', 'binary_architecture', 'parent_architecture',
     'binary_model_args', 'count_parameters', 'parameter_share', 'subnn_channel_index', 'load_checkpoint',
     'read_state_dict', 'check_state_dict', 'calibrate_threshold', 'binary_metrics', 'binary_classifier_logits',
-    'gate_to_class', 'check_weight_values',
+    'gate_to_class', 'gate_to_classes', 'check_weight_values',
 ]
 
 BINARY_SUFFIX = '_binary'
@@ -271,7 +271,9 @@ def binary_model_args(model: CodedResNeXt, cls: Union[int, str], threshold: floa
 
 
 def _sliced_state_dict(model: CodedResNeXt, present_subnns: Sequence[Optional[Sequence[int]]],
-                       class_index: int) -> Dict[str, torch.Tensor]:
+                       class_indices: Sequence[int]) -> Dict[str, torch.Tensor]:
+    """The parent's state with, per coded stage, only the `present_subnns` and, in the
+    classifier, only the rows of `class_indices` (in that order)."""
     state = model.state_dict()
     sliced = dict(state)
     for (stage_name, blocks), present in zip(_stage_blocks(model), present_subnns):
@@ -287,9 +289,10 @@ def _sliced_state_dict(model: CodedResNeXt, present_subnns: Sequence[Optional[Se
             # conv2 is grouped per subNN: keeping whole groups keeps each kept weight's input slice
             key = f'{block_name}.conv3.weight'
             sliced[key] = state[key].index_select(1, index)
-    sliced['fc.weight'] = state['fc.weight'][class_index:class_index + 1]
+    rows = torch.as_tensor(list(class_indices), dtype=torch.long, device=state['fc.weight'].device)
+    sliced['fc.weight'] = state['fc.weight'].index_select(0, rows)
     if 'fc.bias' in state:
-        sliced['fc.bias'] = state['fc.bias'][class_index:class_index + 1]
+        sliced['fc.bias'] = state['fc.bias'].index_select(0, rows)
     return sliced
 
 
@@ -319,7 +322,7 @@ def slice_binary(model: CodedResNeXt, cls: Union[int, str], threshold: float = 0
     binary = timm.create_model(name, device='meta', dtype=reference.dtype, **args)
     binary = binary.to_empty(device=reference.device)
     _reset_non_persistent_buffers(binary)
-    state = _sliced_state_dict(model, args['present_subnns'], args['class_index'])
+    state = _sliced_state_dict(model, args['present_subnns'], [args['class_index']])
     check_state_dict(binary, state, what=f'the sliced state of {type(model).__name__}', model_name=name)
     binary.load_state_dict(state, strict=True)
     binary._model_args = dict(args)  # what save_for_hf writes as model_args (no device/dtype)
@@ -334,13 +337,21 @@ def gate_to_class(model: CodedResNeXt, cls: Union[int, str]) -> Iterator[CodedRe
     `with gate_to_class(model, k): model(x)[:, k]` is the masked full model whose logit the
     sliced binary classifier of k reproduces. The gates are restored on exit.
     """
-    class_index, _ = _resolve_class(model, cls)
+    with gate_to_classes(model, [cls]) as gated:
+        yield gated
+
+
+@contextmanager
+def gate_to_classes(model: CodedResNeXt, classes: Sequence[Union[int, str]]) -> Iterator[CodedResNeXt]:
+    """Keep, in every coded block, only the subNNs active for at least one of `classes` (the
+    union of their codewords); the masked full model of a class-subset classifier."""
+    indices = [_resolve_class(model, c)[0] for c in classes]
     saved: List[Tuple[CodedBottleneck, torch.Tensor]] = []
     try:
         for (stage_name, blocks), scheme in zip(_stage_blocks(model), model.schemes):
             if scheme is None or scheme.is_uncoded:
                 continue
-            word = torch.from_numpy(scheme.codewords[class_index].astype(np.float32))
+            word = torch.from_numpy(scheme.codewords[indices].max(axis=0).astype(np.float32))
             for _, block in blocks:
                 saved.append((block, block.subnn_gate.clone()))
                 present = torch.as_tensor(block.present_subnns)
