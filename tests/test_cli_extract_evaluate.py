@@ -229,3 +229,38 @@ def test_extracted_folders_and_weights_follow_the_umask(checkpoint, data_dir, tm
     modes = {p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in tmp_path.rglob('*')}
     assert modes['out'] == modes['out/cat'] == 0o755  # not mkdtemp's 0700
     assert modes['out/cat/model.safetensors'] == modes['out/cat/config.json'] == 0o644  # not 0600
+
+
+def test_extract_subset_writes_one_exact_classifier(checkpoint, data_dir, tmp_path, capsys):
+    out = tmp_path / 'subsets'
+    assert run_cli('extract', checkpoint, '--model', SMALL, '--subset', 'vehicles',
+                   '--classes', 'airplane,automobile,ship,truck', '--data-dir', data_dir, '--out', out) == 0
+    printed = capsys.readouterr().out
+    assert 'vehicles' in printed and 'of the parameters' in printed and 'top-1 within the subset' in printed
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith('.')) == ['vehicles']
+    metrics = json.loads((out / 'vehicles' / 'metrics.json').read_text())
+    assert metrics['class_indices'] == [0, 1, 8, 9] and metrics['validation'] is not None
+    assert 0 < metrics['parameter_share'] < 1
+    subset = timm.create_model('local-dir:' + str(out / 'vehicles'), pretrained=True).eval()
+    assert subset.threshold == pytest.approx(metrics['threshold'])
+    parent = random_model()
+    from timm_coded.models.binary import gate_to_classes
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad(), gate_to_classes(parent, [0, 1, 8, 9]):
+        expected = parent(x)[:, [0, 1, 8, 9]]
+    with torch.no_grad():
+        assert_close_at_scale(subset(x), expected)
+
+
+def test_extract_subset_bad_input_gives_one_line_and_writes_nothing(checkpoint, data_dir, tmp_path, capsys):
+    out = tmp_path / 'subsets'
+    for extra, fragment in ((['--classes', 'cat'], 'at least two classes'),
+                            ([], '--subset needs --classes'),
+                            (['--classes', 'cat,unicorn'], 'unicorn')):
+        code = run_cli('extract', checkpoint, '--model', SMALL, '--subset', 'pets', *extra, '--data-dir', data_dir,
+                       '--out', out)
+        assert_error(capsys, code, fragment)
+    code = run_cli('extract', checkpoint, '--model', SMALL, '--subset', 'Pets!', '--classes', 'cat,dog',
+                   '--out', out)
+    assert_error(capsys, code, 'subset name')
+    assert not out.exists()
