@@ -22,6 +22,13 @@ CANDIDATES = {
     'C': dict(layers=(2, 2, 2), stage_channels=(96, 192, 384), subnn_width=(3, 6, 12), stem_width=48),
     'D': dict(layers=(3, 3, 3), stage_channels=(96, 192, 384), subnn_width=(3, 6, 12), stem_width=48),
     'A': dict(layers=(2, 2, 2), stage_channels=(128, 256, 512), subnn_width=(4, 8, 16), stem_width=64),
+    # second sweep: wider subNNs (the grouped 3x3 convs) and narrower outputs (the 1x1 projections)
+    'E': dict(layers=(2, 2, 2), stage_channels=(64, 128, 256), subnn_width=(8, 16, 32), stem_width=64),
+    'F': dict(layers=(1, 1, 1), stage_channels=(96, 192, 384), subnn_width=(8, 16, 32), stem_width=64),
+    'G': dict(layers=(2, 2, 2), stage_channels=(96, 192, 384), subnn_width=(6, 12, 24), stem_width=48),
+    'H = coded_resnext17_10x8d': dict(layers=(1, 2, 2), stage_channels=(64, 128, 256), subnn_width=(8, 16, 32),
+                                      stem_width=64),
+    'J': dict(layers=(2, 2, 2), stage_channels=(64, 128, 256), subnn_width=(6, 12, 24), stem_width=64),
 }
 
 

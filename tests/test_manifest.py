@@ -77,7 +77,7 @@ def test_round_trip_through_json(tmp_path):
     (lambda d: d.update(schema_version=2), 'newer than this timm-coded understands'),
     (lambda d: d.update(schema_version='1'), 'expected an int'),
     (lambda d: d.update(extra=1), "unknown key(s) ['extra']"),
-    (lambda d: d['artifacts'][0].update(kind='half'), "expected one of ('full', 'binary')"),
+    (lambda d: d['artifacts'][0].update(kind='half'), "expected one of ('full', 'binary', 'subset')"),
     (lambda d: d['artifacts'][0]['files'][1].update(sha256='ABC'), 'files[1].sha256'),
     (lambda d: d['artifacts'][0]['files'][1].update(size=-1), 'byte count'),
     (lambda d: d['artifacts'][0]['files'][0].update(path='../evil.json'), 'relative POSIX path'),
