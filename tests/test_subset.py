@@ -140,6 +140,11 @@ def test_export_calibrates_and_writes_a_subset_artifact(tmp_path):
     assert 'Class-subset classifier **vehicles**' in card and 'class-subset-classifier' in card
     assert 0 < export.meta['metrics']['parameter_share'] < 1
     assert 0 <= export.meta['metrics']['top1_within_subset'] <= 1
+    # publishing puts it on its own branch, in its own commit (planned offline: no Hub needed)
+    from timm_coded.hub.upload import plan_publish
+    plan = plan_publish(folders, 'acme/toy', manifest=Manifest(())).describe()
+    assert "create_branch(branch='subset-vehicles'" in plan
+    assert 'Publish coded_resnext17_10x2d_subset.toy_vehicles: class-subset classifier vehicles' in plan
 
 
 def test_manifest_refuses_an_inconsistent_subset_block():
