@@ -163,7 +163,7 @@ def extract_binary_classifiers(
         `evaluation.evaluate`): reused instead of calibrating again.
     Returns the class folders written.
     """
-    from timm.models import save_for_hf
+    from timm.models import get_model_args, save_for_hf
 
     from .models.binary import binary_architecture, count_parameters, slice_binary
     from .analysis.evaluation import evaluate_binary_classifiers, resolve_classes
@@ -186,7 +186,7 @@ def extract_binary_classifiers(
             checkpoint_info = {'path': str(checkpoint), 'sha256': sha256_file(checkpoint)}
         for result, name in zip(results, names):
             binary = slice_binary(model, result.class_index, threshold=result.threshold).cpu().eval()
-            args = dict(binary._model_args)
+            args = get_model_args(binary)  # timm's record of the factory arguments
             architecture = binary_architecture(args['parent_architecture'])
             metrics = {
                 'class_index': result.class_index, 'class_name': result.class_name,
@@ -259,7 +259,7 @@ def extract_subset_classifiers(
 ) -> List[Path]:
     """Slice, calibrate and write one class-subset classifier per entry name -> classes of `subsets`
     into `out/<name>` (atomically, like `extract_binary_classifiers`). Returns the folders written."""
-    from timm.models import save_for_hf
+    from timm.models import get_model_args, save_for_hf
 
     from .analysis.evaluation import evaluate_subset_classifier
     from .models.binary import count_parameters
@@ -278,7 +278,7 @@ def extract_subset_classifiers(
             result = evaluate_subset_classifier(model, subsets[name], name, calibration_loader, val_loader,
                                                 progress=progress)
             subset = slice_subset(model, result.class_indices, name, threshold=result.threshold).cpu().eval()
-            args = dict(subset._model_args)
+            args = get_model_args(subset)
             metrics = dict(
                 result.to_dict(), architecture=subset_architecture(args['parent_architecture']),
                 parent_architecture=args['parent_architecture'], parent_checkpoint=checkpoint_info,

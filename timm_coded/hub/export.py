@@ -251,6 +251,10 @@ class CardLocation:
         return text + (f', commit `{self.commit}`' if self.commit else '')
 
 
+# the model card's text: a Jinja template, rendered by huggingface_hub's ModelCard.from_template
+CARD_TEMPLATE = Path(__file__).with_name('model_card.md')
+
+
 def _card_text(
         architecture: str,
         meta: Mapping[str, Any],
@@ -283,14 +287,7 @@ def _card_text(
         datasets=[str(dataset)] if dataset else None, metrics=[k for k in metrics if k != 'parameter_share'] or None,
         model_name=name, eval_results=eval_results or None)
 
-    lines = [f'# {name}', '']
-    if meta['description']:
-        lines += [_portable(meta['description']), '']
-    if published is not None:
-        lines += [f'Published on the Hugging Face Hub: `{published.repo_id}` at revision `{published.revision}`.', '']
-    else:
-        lines += ['**Not published**: this card belongs to a local export; nothing of it is on the Hugging Face Hub '
-                  '(`timm-coded publish` uploads it, with a card that says where).', '']
+    parent_ref = ''
     if kind in ('binary', 'subset'):
         parent = meta['parent']
         if parent_location is None and parent.get('repo_id'):  # a location the exporter gave explicitly
@@ -298,56 +295,21 @@ def _card_text(
         parent_ref = f"`{parent['artifact']}`"
         if parent_location is not None:
             parent_ref += f' ({parent_location.describe()})'
-    if kind == 'subset':
-        sub = meta['subset']
-        classes = ', '.join(f'{n} ({k})' for n, k in zip(sub['class_names'], sub['class_indices']))
-        lines += [
-            f"Class-subset classifier **{sub['name']}** for {classes}, sliced without retraining from the "
-            f'Coded ResNeXt {parent_ref}. It keeps, in every coded block, the subNNs whose codeword digit is 1 '
-            "for at least one of these classes, and their rows of the classifier; its logits equal the parent's "
-            'logits of these classes with every other subNN removed.',
-            '',
-            f"Decision: the sample is one of the subset when its largest logit is at least **{sub['threshold']:.6g}** "
-            '(the threshold that maximised F1 of that decision on the training data); which one is the argmax. '
-            '`model.predict(x)` returns the class index in the parent, or -1.',
-            '',
-        ]
-    elif kind == 'binary':
-        b = meta['binary']
-        lines += [
-            f"Binary classifier for class **{b['class_name']}** (index {b['class_index']}), sliced without "
-            f"retraining from the Coded ResNeXt {parent_ref}. It keeps, in every coded "
-            'block, only the subNNs whose codeword digit for this class is 1, and one row of the classifier.',
-            '',
-            f"Decision: the sample is **{b['class_name']}** when the output logit is at least "
-            f"**{b['threshold']:.6g}** (the threshold that maximised F1 on the training data).",
-            '',
-        ]
-    else:
-        where = f' of `{published.repo_id}`' if published is not None and published.repo_id else ''
-        lines += [
-            'Coded ResNeXt (Avranas & Kountouris, arXiv 2202.05343): a ResNeXt whose coded blocks route each '
-            "class through its own subset of subNNs, so that per-class binary classifiers can be sliced "
-            f'from it and intermediate blocks can predict early. Binary classifiers, when published, live on '
-            f"the `binary-<class>` branches{where or ' of the repository that holds this model'}.",
-            '',
-        ]
+    subset = meta.get('subset')
     facts = [('parameters', f'{num_params:,}')]
     if 'parameter_share' in metrics:
         facts.append(('share of the parent\'s parameters', f"{100 * metrics['parameter_share']:.1f} %"))
     facts += [(k, f'{v:.4g}') for k, v in metrics.items() if k != 'parameter_share']
     facts += [(k.replace('_', ' '), _fact_value(v)) for k, v in training.items()]
-    lines += ['| | |', '|---|---|'] + [f'| {k} | {v} |' for k, v in facts] + ['']
-    lines += ['## Use', '', '```python', 'import timm, timm_coded  # timm_coded registers the coded architectures']
-    if published is not None and published.repo_id:
-        hub_id = f'{published.repo_id}@{published.revision}'
-        lines.append(f"model = timm.create_model('hf-hub:{hub_id}', pretrained=True).eval()")
-    else:
-        lines += ['# <folder>: the folder that holds this README.md, config.json and model.safetensors',
-                  "model = timm.create_model('local-dir:<folder>', pretrained=True).eval()"]
-    lines += ['```', '']
-    content = f'---\n{data.to_yaml()}\n---\n\n' + '\n'.join(lines)
-    return ModelCard(content)
+    full_where = (f' of `{published.repo_id}`' if published is not None and published.repo_id
+                  else ' of the repository that holds this model')
+    return ModelCard.from_template(
+        data, template_path=str(CARD_TEMPLATE), name=name, kind=kind,
+        description=_portable(meta['description']) if meta['description'] else '',
+        published=published, parent_ref=parent_ref, binary=meta.get('binary'), subset=subset,
+        subset_classes=', '.join(f'{n} ({k})' for n, k in zip(subset['class_names'], subset['class_indices']))
+        if subset else '', full_where=full_where, facts=facts,
+        hub_id=f'{published.repo_id}@{published.revision}' if published is not None and published.repo_id else '')
 
 
 def export_artifact(

@@ -325,7 +325,6 @@ def slice_binary(model: CodedResNeXt, cls: Union[int, str], threshold: float = 0
     state = _sliced_state_dict(model, args['present_subnns'], [args['class_index']])
     check_state_dict(binary, state, what=f'the sliced state of {type(model).__name__}', model_name=name)
     binary.load_state_dict(state, strict=True)
-    binary._model_args = dict(args)  # what save_for_hf writes as model_args (no device/dtype)
     binary.train(model.training)
     return binary
 

@@ -228,7 +228,6 @@ def slice_subset(model: CodedResNeXt, classes: Sequence[Union[int, str]], name: 
     state = _sliced_state_dict(model, args['present_subnns'], args['class_indices'])
     check_state_dict(sliced, state, what=f'the sliced state of {type(model).__name__}', model_name=arch)
     sliced.load_state_dict(state, strict=True)
-    sliced._model_args = dict(args)  # what save_for_hf writes as model_args
     sliced.train(model.training)
     return sliced
 
