@@ -27,7 +27,7 @@ from timm_coded.data.tensor import TensorBatchLoader, decode_images
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--data-dir', required=True)
-    parser.add_argument('--model', default='coded_resnext11_10x4d')
+    parser.add_argument('--model', default='coded_resnext17_10x8d')
     parser.add_argument('--batch-size', type=int, default=250)
     parser.add_argument('--rounds', type=int, default=3)
     parser.add_argument('--threads', type=int, default=1)

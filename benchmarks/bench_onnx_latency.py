@@ -32,7 +32,7 @@ def session(path: Path, threads: int) -> ort.InferenceSession:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--model', default='coded_resnext11_10x4d')
+    parser.add_argument('--model', default='coded_resnext17_10x8d')
     parser.add_argument('--classes', nargs='*', default=['cat', 'ship'])
     parser.add_argument('--batch-sizes', type=int, nargs='*', default=[1, 64])
     parser.add_argument('--threads', type=int, default=1)

@@ -13,7 +13,7 @@ from timm_coded.errors import CheckpointMismatchError, IntegrityError
 from timm_coded.hub.manifest import load_manifest
 
 ARCH = 'coded_resnext17_10x2d'
-ZOO = 'coded_resnext11_10x4d'  # has shipped weights
+ZOO = 'coded_resnext17_10x8d'  # has shipped weights
 
 
 def _default_full_artifact():

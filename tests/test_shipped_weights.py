@@ -4,12 +4,12 @@ import timm
 import torch
 
 import timm_coded
-from timm_coded.models.binary import gate_to_class
+from timm_coded.models.binary import gate_to_class, gate_to_classes
 from timm_coded.data import make_loader, sample_data_dir
 from timm_coded.hub.manifest import load_manifest
 from conftest import assert_close_at_scale
 
-ARCH = 'coded_resnext11_10x4d'
+ARCH = 'coded_resnext17_10x8d'
 
 
 def _default_artifact():
@@ -67,6 +67,27 @@ def test_a_binary_classifier_separates_its_class_on_held_out_images(pretrained, 
     recall = (predicted & labels).sum().item() / labels.sum().item()
     false_positive_rate = (predicted & ~labels).sum().item() / (~labels).sum().item()
     assert recall > 0.5 and false_positive_rate < 0.15  # 60 cats among 600 images
+
+
+def test_shipped_subset_classifiers_load_by_timm_name_and_equal_the_gated_parent(pretrained, sample_val):
+    subsets = [a for a in load_manifest().find(kind='subset') if a.parent == _default_artifact().name]
+    assert {a.subset.name for a in subsets} == {'vehicles', 'pets'}
+    x = torch.randn(4, 3, 32, 32)
+    for artifact in subsets:
+        subset = timm.create_model(artifact.name, pretrained=True).eval()
+        indices = list(artifact.subset.class_indices)
+        assert subset.class_indices == indices and subset.class_names == list(artifact.subset.class_names)
+        assert subset.threshold == pytest.approx(artifact.subset.threshold)
+        with torch.no_grad(), gate_to_classes(pretrained, indices):
+            expected = pretrained(x)[:, indices]
+        with torch.no_grad():
+            assert_close_at_scale(subset(x), expected)
+            # on held-out images: "one of the subset?" and "which one?" both work
+            predicted, targets = zip(*[(subset.predict(images), t) for images, t in sample_val])
+        predicted, targets = torch.cat(predicted), torch.cat(targets)
+        members = torch.isin(targets, torch.tensor(indices))
+        assert (predicted[members] != -1).float().mean() > 0.8 and (predicted[~members] == -1).float().mean() > 0.8
+        assert (predicted[members] == targets[members]).float().mean() > 0.7
 
 
 def test_unknown_class_names_what_exists():

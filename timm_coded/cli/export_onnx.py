@@ -10,8 +10,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         'export-onnx', help='export a model (full, binary classifier, local folder) to ONNX, checked in onnxruntime',
         description='Export to ONNX with a dynamic batch dimension (input "input", output "logits"). MODEL is a '
-                    'timm name with pretrained weights (coded_resnext11_10x4d, '
-                    'coded_resnext11_10x4d_binary.cifar10_cat), local-dir:FOLDER (an extracted classifier) or '
+                    'timm name with pretrained weights (coded_resnext17_10x8d, '
+                    'coded_resnext17_10x8d_binary.cifar10_cat), local-dir:FOLDER (an extracted classifier) or '
                     'hf-hub:ORG/NAME[@REVISION].')
     p.add_argument('model', metavar='MODEL')
     p.add_argument('--out', type=Path, required=True, help='the .onnx file to write')

@@ -471,13 +471,13 @@ ARCHITECTURES: Dict[str, Architecture] = {
     'coded_resnext17_10x2d': Architecture(dict(
         layers=(1, 2, 2), stage_channels=(64, 128, 256), num_subnns=10, subnn_width=(2, 4, 8),
         num_active=(10, 5, 3), stem_type='cifar', stem_width=32, coding_loss_weight=6.), cifar=True, num_classes=10),
-    # Not in the paper: the zoo's CPU-trained CIFAR-10 model. One block per stage, wide outputs
-    # (128/256/512) and 10 subNNs of width 4/8/16, sized (benchmarks/RESULTS.md) so that a
-    # 16-epoch run on 45,000 images fits in about an hour and a half on a 2-core CPU.
+    # Not in the paper: the zoo's first CPU-trained CIFAR-10 net (77.8 %, superseded by
+    # coded_resnext17_10x8d; no weights shipped). One block per stage, wide outputs (128/256/512)
+    # and 10 subNNs of width 4/8/16.
     'coded_resnext11_10x4d': Architecture(dict(
         layers=(1, 1, 1), stage_channels=(128, 256, 512), num_subnns=10, subnn_width=(4, 8, 16),
         num_active=(10, 5, 3), stem_type='cifar', stem_width=64, coding_loss_weight=6.), cifar=True, num_classes=10),
-    # Not in the paper: the zoo's second CPU-scale CIFAR-10 model. The 1-2-2 blocks and 64/128/256
+    # Not in the paper: the zoo's CPU-trained CIFAR-10 model (benchmarks/RESULTS.md). The 1-2-2 blocks and 64/128/256
     # outputs of coded_resnext17_10x2d with the paper's subNN widths scaled down (8/16/32, i.e. the
     # grouped 3x3 convs carry most of the capacity instead of the 1x1 projections): 1.7x the
     # parameters of coded_resnext11_10x4d at ~0.9x its training speed on the CPU fast path.
@@ -742,11 +742,11 @@ def coded_resnext17_10x2d(pretrained: bool = False, **kwargs) -> CodedResNeXt:
 
 @register_model
 def coded_resnext11_10x4d(pretrained: bool = False, **kwargs) -> CodedResNeXt:
-    """CPU-trained CIFAR-10 Coded ResNeXt of the zoo (1-1-1 blocks, 10 subNNs of width 4/8/16)."""
+    """CPU-scale CIFAR-10 Coded ResNeXt (1-1-1 blocks, 10 subNNs of width 4/8/16); the zoo's previous net."""
     return _create_coded_resnext('coded_resnext11_10x4d', pretrained, **kwargs)
 
 
 @register_model
 def coded_resnext17_10x8d(pretrained: bool = False, **kwargs) -> CodedResNeXt:
-    """CPU-scale CIFAR-10 Coded ResNeXt (1-2-2 blocks, 10 subNNs of width 8/16/32)."""
+    """CPU-trained CIFAR-10 Coded ResNeXt of the zoo (1-2-2 blocks, 10 subNNs of width 8/16/32)."""
     return _create_coded_resnext('coded_resnext17_10x8d', pretrained, **kwargs)
