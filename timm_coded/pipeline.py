@@ -216,28 +216,37 @@ def extract_binary_classifiers(
     return [Path(out) / n for n in names]
 
 
-def _export_for_hub(binary, folder: Path, args: Dict[str, Any], result, metrics: Dict[str, Any],
-                    hub_card: Dict[str, Any]) -> None:
-    from .models.binary import binary_architecture
-    from .hub.export import _portable, export_artifact
+def _sliced_card(hub_card: Dict[str, Any], tag_suffix: str, args: Dict[str, Any], result,
+                 metrics: Dict[str, Any], **fields: Any) -> Dict[str, Any]:
+    """The card of a sliced classifier (binary or subset): what both kinds share, plus `fields`."""
+    from .hub.export import _portable
 
-    tag = hub_card['tag']
     measured = result.validation or result.calibration
     # a card travels: the parent checkpoint by file name and sha256, the calibration data without local paths
     checkpoint = metrics['parent_checkpoint']
     if checkpoint is not None:
         checkpoint = {'file': Path(checkpoint['path']).name, 'sha256': checkpoint['sha256']}
     card = {
-        'repo_id': hub_card['repo_id'], 'tag': f'{tag}_{folder_name(result.class_name).lower()}',
-        'kind': 'binary', 'class_index': result.class_index, 'class_name': result.class_name,
+        'repo_id': hub_card['repo_id'], 'tag': f"{hub_card['tag']}_{tag_suffix}",
         'threshold': result.threshold, 'parameter_share': result.parameter_share,
-        'parent': f"{args['parent_architecture']}.{tag}",
+        'parent': f"{args['parent_architecture']}.{hub_card['tag']}",
         'metrics': {'precision': measured.precision, 'recall': measured.recall, 'f1': measured.f1},
         'split': 'val' if result.validation is not None else 'train',
         'training': {'threshold_rule': _portable(metrics['threshold_rule']), 'parent_checkpoint': checkpoint},
+        **fields,
     }
     if hub_card.get('dataset'):
         card['dataset'] = hub_card['dataset']
+    return card
+
+
+def _export_for_hub(binary, folder: Path, args: Dict[str, Any], result, metrics: Dict[str, Any],
+                    hub_card: Dict[str, Any]) -> None:
+    from .models.binary import binary_architecture
+    from .hub.export import export_artifact
+
+    card = _sliced_card(hub_card, folder_name(result.class_name).lower(), args, result, metrics, kind='binary',
+                        class_index=result.class_index, class_name=result.class_name)
     export_artifact(binary, folder, architecture=binary_architecture(args['parent_architecture']), model_args=args,
                     label_names=[result.class_name], card=card)
 
@@ -300,26 +309,12 @@ def extract_subset_classifiers(
 
 def _export_subset_for_hub(subset, folder: Path, args: Dict[str, Any], result, metrics: Dict[str, Any],
                            hub_card: Dict[str, Any]) -> None:
-    from .hub.export import _portable, export_artifact
+    from .hub.export import export_artifact
     from .models.subset import subset_architecture
 
-    tag = hub_card['tag']
-    measured = result.validation or result.calibration
-    checkpoint = metrics['parent_checkpoint']
-    if checkpoint is not None:
-        checkpoint = {'file': Path(checkpoint['path']).name, 'sha256': checkpoint['sha256']}
-    top1 = result.validation_top1 if result.validation is not None else result.calibration_top1
-    card = {
-        'repo_id': hub_card['repo_id'], 'tag': f'{tag}_{result.name}', 'kind': 'subset',
-        'subset_name': result.name, 'class_indices': result.class_indices, 'class_names': result.class_names,
-        'threshold': result.threshold, 'parameter_share': result.parameter_share,
-        'parent': f"{args['parent_architecture']}.{tag}",
-        'metrics': {'precision': measured.precision, 'recall': measured.recall, 'f1': measured.f1,
-                    'top1_within_subset': top1},
-        'split': 'val' if result.validation is not None else 'train',
-        'training': {'threshold_rule': _portable(metrics['threshold_rule']), 'parent_checkpoint': checkpoint},
-    }
-    if hub_card.get('dataset'):
-        card['dataset'] = hub_card['dataset']
+    card = _sliced_card(hub_card, result.name, args, result, metrics, kind='subset', subset_name=result.name,
+                        class_indices=result.class_indices, class_names=result.class_names)
+    card['metrics']['top1_within_subset'] = (
+        result.validation_top1 if result.validation is not None else result.calibration_top1)
     export_artifact(subset, folder, architecture=subset_architecture(args['parent_architecture']), model_args=args,
                     label_names=result.class_names, card=card)

@@ -17,10 +17,12 @@ precision/recall measured with 9 negatives sampled per positive.
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -162,20 +164,24 @@ default_cfgs = generate_default_cfgs({
     name: cfg for p in _PARENTS for name, cfg in tagged_cfgs(binary_architecture(p), _binary_cfg(p)).items()})
 
 
-def _register_binary_twin(parent: str) -> None:
-    """Register `<parent>_binary` with timm: a one-line entrypoint like the parents', made for
-    every architecture of the table so that no architecture lacks its binary twin."""
-    def entrypoint(pretrained: bool = False, **kwargs) -> CodedBinaryClassifier:
-        return _create_binary(parent, pretrained, **kwargs)
+def register_twin(name: str, create: Callable[..., nn.Module], module: str, doc: str) -> Callable[..., nn.Module]:
+    """Register a one-line timm entrypoint `name` (a sliced twin of a parent architecture) in `module`.
 
-    entrypoint.__name__ = entrypoint.__qualname__ = binary_architecture(parent)
-    entrypoint.__module__ = __name__
-    entrypoint.__doc__ = f'One-class binary classifier sliced from {parent}.'
-    globals()[entrypoint.__name__] = register_model(entrypoint)
+    Made for every architecture of the table (binary and subset twins alike), so that no
+    architecture lacks its twins; `create(pretrained, **kwargs)` builds the model."""
+    def entrypoint(pretrained: bool = False, **kwargs) -> nn.Module:
+        return create(pretrained, **kwargs)
+
+    entrypoint.__name__ = entrypoint.__qualname__ = name
+    entrypoint.__module__ = module
+    entrypoint.__doc__ = doc
+    setattr(sys.modules[module], name, register_model(entrypoint))
+    return entrypoint
 
 
 for _parent in _PARENTS:
-    _register_binary_twin(_parent)
+    register_twin(binary_architecture(_parent), partial(_create_binary, _parent), __name__,
+                  f'One-class binary classifier sliced from {_parent}.')
 
 
 # --- slicing -----------------------------------------------------------------------------------

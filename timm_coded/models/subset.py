@@ -14,14 +14,15 @@ publishes and reloads like every other timm model.
 from __future__ import annotations
 
 import re
+from functools import partial
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs
 
 from .binary import (
     _CANONICAL, _PARENTS, _binary_cfg, _reset_non_persistent_buffers, _resolve_class, _sliced_state_dict,
-    check_state_dict, parent_architecture,
+    check_state_dict, parent_architecture, register_twin,
 )
 from .coded_resnext import (
     MODEL_ARCHS, CodedResNeXt, _check_pretrained_values, manifest_artifact_for, resolve_stage_scheme, tagged_cfgs,
@@ -165,19 +166,9 @@ default_cfgs = generate_default_cfgs({
     name: cfg for p in _PARENTS for name, cfg in tagged_cfgs(subset_architecture(p), _subset_cfg(p)).items()})
 
 
-def _register_subset_twin(parent: str) -> None:
-    """Register `<parent>_subset` with timm for every architecture of the table."""
-    def entrypoint(pretrained: bool = False, **kwargs) -> CodedSubsetClassifier:
-        return _create_subset(parent, pretrained, **kwargs)
-
-    entrypoint.__name__ = entrypoint.__qualname__ = subset_architecture(parent)
-    entrypoint.__module__ = __name__
-    entrypoint.__doc__ = f'Class-subset classifier sliced from {parent}.'
-    globals()[entrypoint.__name__] = register_model(entrypoint)
-
-
 for _parent in _PARENTS:
-    _register_subset_twin(_parent)
+    register_twin(subset_architecture(_parent), partial(_create_subset, _parent), __name__,
+                  f'Class-subset classifier sliced from {_parent}.')
 
 
 # --- slicing -----------------------------------------------------------------------------------
