@@ -538,11 +538,16 @@ def test_shipped_manifest_agrees_with_the_timm_registry():
             assert artifact.name in pretrained, artifact.name
             cfg = timm.models.get_pretrained_cfg(artifact.name)
             assert cfg.num_classes == artifact.pretrained_cfg['num_classes']
-        else:
+        elif artifact.kind == 'binary':
             parent = manifest.get(artifact.parent)
             model = load_binary_classifier(parent.architecture, artifact.binary.class_name, manifest)
             assert model.class_index == artifact.binary.class_index
             assert model.threshold == pytest.approx(artifact.binary.threshold)
+        else:  # a class-subset classifier: a timm pretrained tag, its classes from the manifest
+            assert artifact.kind == 'subset' and artifact.name in pretrained, artifact.name
+            model = timm.create_model(artifact.name, pretrained=True)
+            assert model.class_indices == list(artifact.subset.class_indices)
+            assert model.threshold == pytest.approx(artifact.subset.threshold)
 
 
 def _publish_cli(argv):
