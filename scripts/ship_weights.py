@@ -5,7 +5,7 @@ This is how the shipped CIFAR-10 weights were made (benchmarks/RESULTS.md, "The 
 
     python benchmarks/cifar10_zoo.py --data-dir /tmp/cifar10/train --out runs/zoo/coded ...
     python scripts/ship_weights.py --run runs/zoo/coded --data-dir /tmp/cifar10/train --tag cifar10 \\
-        --report-dir benchmarks/zoo/coded_resnext11_10x4d
+        --report-dir benchmarks/zoo/coded_resnext17_10x8d
 
 --data-dir is CIFAR-10's train/ ImageFolder. Held out: the last 500 images of each class (every
 metric is measured on them); binary thresholds are fitted on the first --calibration-per-class
