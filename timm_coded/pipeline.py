@@ -272,7 +272,7 @@ def extract_subset_classifiers(
 
     from .analysis.evaluation import evaluate_subset_classifier
     from .models.binary import count_parameters
-    from .models.subset import check_subset_name, slice_subset, subset_architecture
+    from .models.subset import check_subset_name, slice_subset, subset_architecture, subset_model_args
 
     if not subsets:
         raise TimmCodedError('no class subset given')
@@ -281,7 +281,7 @@ def extract_subset_classifiers(
     try:
         output.check_free(names)  # before any work
         for name in names:
-            slice_subset(model, subsets[name], name)  # every subset valid before the first is calibrated
+            subset_model_args(model, subsets[name], name)  # every subset valid before the first is calibrated
         checkpoint_info = {'path': str(checkpoint), 'sha256': sha256_file(checkpoint)} if checkpoint else None
         for name in names:
             result = evaluate_subset_classifier(model, subsets[name], name, calibration_loader, val_loader,
