@@ -13,6 +13,14 @@ interrupted run leaves its completed epochs behind.
 
 `--arch-kwargs` overrides architecture arguments (the size sweep); `--max-minutes` stops after that
 much training time (the sweep's equal-time comparison; the schedule still spans `--epochs`).
+
+`--init-from RUN` continues a finished run with a second warm-up + cosine schedule (a warm restart):
+it starts from RUN's checkpoint (the EMA weights it was evaluated with), requires the same model and
+variant, and writes one history with both stages (epochs numbered on; `stages` lists each stage's
+arguments), so the curves and the shipped card show the whole training. The optimizer state is not
+carried over (the checkpoint holds weights only); momentum restarts from zero.
+
+    python benchmarks/cifar10_zoo.py ... --out runs/zoo/coded2 --init-from runs/zoo/coded --epochs 11 --lr 0.08
 """
 import argparse
 import json
@@ -39,6 +47,8 @@ def main() -> None:
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--max-minutes', type=float, default=0.)
+    parser.add_argument('--init-from', type=Path, default=None,
+                        help='a finished run folder to continue from (warm restart, see above)')
     args = parser.parse_args()
 
     import torch
@@ -56,6 +66,11 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     model_kwargs = dict(json.loads(args.arch_kwargs), **({'coded': False} if args.control else {}))
     model = timm.create_model(args.model, **model_kwargs)
+    history, stages = [], []
+    if args.init_from is not None:
+        history, stages = _continue_from(args.init_from, model, args.model, model_kwargs)
+    stages.append({k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()})
+    first_epoch = len(history)
 
     start = time.perf_counter()
     train_samples, val_samples = holdout_split(args.data_dir, per_class=500)
@@ -70,16 +85,16 @@ def main() -> None:
     train_loader = TensorBatchLoader(train_x, train_y, args.batch_size, train=True, mean=CIFAR10_MEAN,
                                      std=CIFAR10_STD, seed=args.seed, channels_last=channels_last)
     val_loader = TensorBatchLoader(val_x, val_y, 500, train=False, mean=CIFAR10_MEAN, std=CIFAR10_STD)
-    history = []
     began = time.perf_counter()
 
     def on_epoch(stats, weights) -> bool:
-        history.append(stats.__dict__)
+        history.append(dict(stats.__dict__, epoch=first_epoch + stats.epoch))
         state = {k: v.detach().contiguous() for k, v in weights.state_dict().items()}
         save_file(state, str(out / '.model.safetensors.tmp'), metadata={'format': 'pt'})
         os.replace(out / '.model.safetensors.tmp', out / 'model.safetensors')
         record = {
-            'model': args.model, 'model_kwargs': model_kwargs, 'args': vars(args), 'train_config': cfg.__dict__,
+            'model': args.model, 'model_kwargs': model_kwargs, 'args': stages[-1], 'stages': stages,
+            'train_config': cfg.__dict__,
             'params': sum(p.numel() for p in model.parameters()), 'train_images': len(train_y),
             'val_images': len(val_y), 'decode_seconds': round(decode_s, 1), 'torch': torch.__version__,
             'split': 'CIFAR-10 train JPEGs; held out = last 500 per class (sorted names), '
@@ -88,12 +103,24 @@ def main() -> None:
         (out / '.history.json.tmp').write_text(json.dumps(record, indent=1))
         os.replace(out / '.history.json.tmp', out / 'history.json')
         images_per_s = len(train_y) // args.batch_size * args.batch_size / stats.seconds
-        print(f'epoch {stats.epoch}: loss {stats.loss:.3f} code {stats.coding_loss:.3f} '
+        print(f'epoch {first_epoch + stats.epoch}: loss {stats.loss:.3f} code {stats.coding_loss:.3f} '
               f'train {stats.train_accuracy:.3f} val {stats.val_accuracy:.4f} {stats.seconds:.0f}s '
               f'({images_per_s:.0f} img/s)', flush=True)
         return bool(args.max_minutes) and time.perf_counter() - began > args.max_minutes * 60
 
     train_model(model, train_loader, cfg, val_loader, progress=False, on_epoch=on_epoch)
+
+
+def _continue_from(run: Path, model, model_name: str, model_kwargs: dict) -> tuple[list, list]:
+    """Load a finished run's weights into `model` (strict: every tensor, same shapes) and return its
+    history and stages, after checking it trained the same model and variant."""
+    from safetensors.torch import load_file
+    record = json.loads((run / 'history.json').read_text())
+    if (record['model'], record['model_kwargs']) != (model_name, model_kwargs):
+        raise SystemExit(f"--init-from {run}: it trained {record['model']} {record['model_kwargs']}, "
+                         f"not {model_name} {model_kwargs}")
+    model.load_state_dict(load_file(run / 'model.safetensors'), strict=True)
+    return list(record['history']), list(record.get('stages') or [record['args']])
 
 
 if __name__ == '__main__':
