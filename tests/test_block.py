@@ -104,6 +104,22 @@ def test_fast_block_equals_naive_reference(train):
         torch.testing.assert_close(gf, gn, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize('no_autograd', [torch.no_grad, torch.inference_mode])
+def test_inference_scales_in_place_and_equals_the_autograd_forward(no_autograd):
+    # Without autograd the block scales act2's output in place (scale_subnn_channels); the result
+    # must be the same arithmetic as the out-of-place product autograd needs, also for a
+    # per-sample gate, and the input must be left alone.
+    block = make_block().eval()
+    block.subnn_gate = torch.tensor([[1., 0, 1, 1, 0, 1], [0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    x = torch.randn(3, 12, 9, 9)
+    x_before = x.clone()
+    expected, _ = block(x.requires_grad_())
+    with no_autograd():
+        actual, _ = block(x.detach())
+    torch.testing.assert_close(actual, expected.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(x.detach(), x_before, rtol=0, atol=0)
+
+
 def test_float32_block_matches_float64_reference():
     block = make_block(seed=3)
     block.eval()

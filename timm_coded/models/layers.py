@@ -37,6 +37,17 @@ def draw_subnn_mask(batch_size: int, num_subnns: int, drop_rate: float, device: 
     return keep.float() / (1. - drop_rate)
 
 
+@register_notrace_function  # branches on autograd state: a single node in fx graphs
+def scale_subnn_channels(h: torch.Tensor, channel_multiplier: torch.Tensor) -> torch.Tensor:
+    """h * channel_multiplier (B, N*d) per channel. When autograd records nothing (inference), h
+    is scaled in place: it is act2's own (in-place ReLU) output, already consumed by the energies,
+    so this saves one pass and a new buffer the size of the block's widest activation."""
+    channel_multiplier = channel_multiplier[:, :, None, None]
+    if torch.is_grad_enabled() and (h.requires_grad or channel_multiplier.requires_grad):
+        return h * channel_multiplier
+    return h.mul_(channel_multiplier)
+
+
 class CodedBottleneck(nn.Module):
     """ResNeXt bottleneck whose N groups (subNNs) can be coded.
 
@@ -157,7 +168,7 @@ class CodedBottleneck(nn.Module):
                     mask = draw_subnn_mask(h.shape[0], self.num_present, self.drop_subnn_rate, h.device)
                 multiplier = multiplier * mask
             channel_multiplier = multiplier.repeat_interleave(self.subnn_width, dim=1).to(h.dtype)
-            h = h * channel_multiplier[:, :, None, None]
+            h = scale_subnn_channels(h, channel_multiplier)
 
         out = self.bn3(self.conv3(h))
         out = self.drop_path(out)
