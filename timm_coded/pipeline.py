@@ -163,7 +163,7 @@ def extract_binary_classifiers(
         `evaluation.evaluate`): reused instead of calibrating again.
     Returns the class folders written.
     """
-    from timm.models import get_model_args, save_for_hf
+    from timm.models import get_model_args
 
     from .models.binary import binary_architecture, count_parameters, slice_binary
     from .analysis.evaluation import evaluate_binary_classifiers, resolve_classes
@@ -202,13 +202,10 @@ def extract_binary_classifiers(
                 'present_subnns': args['present_subnns'],
                 'notes': list(notes),
             }
-            folder = output.tmp / name
-            if hub_card is None:
-                save_for_hf(binary, folder, model_config={'label_names': [result.class_name]},
-                            safe_serialization=True)
-                (folder / 'metrics.json').write_text(json.dumps(metrics, indent=2) + '\n', encoding='utf-8')
-            else:
-                _export_for_hub(binary, folder, args, result, metrics, hub_card)
+            card = None if hub_card is None else _sliced_card(
+                hub_card, folder_name(result.class_name).lower(), args, result, metrics, kind='binary',
+                class_index=result.class_index, class_name=result.class_name)
+            _write_sliced(binary, output.tmp / name, [result.class_name], metrics, card)
         output.commit(names)
     except BaseException:
         output.discard()
@@ -240,15 +237,20 @@ def _sliced_card(hub_card: Dict[str, Any], tag_suffix: str, args: Dict[str, Any]
     return card
 
 
-def _export_for_hub(binary, folder: Path, args: Dict[str, Any], result, metrics: Dict[str, Any],
-                    hub_card: Dict[str, Any]) -> None:
-    from .models.binary import binary_architecture
+def _write_sliced(classifier, folder: Path, label_names: Sequence[str], metrics: Dict[str, Any],
+                  card: Optional[Dict[str, Any]]) -> None:
+    """Write one sliced classifier (binary or subset): timm's `save_for_hf` folder plus metrics.json
+    without a Hub card, else the Hub export (weights, config and the model card `card`)."""
+    from timm.models import get_model_args, save_for_hf
+
     from .hub.export import export_artifact
 
-    card = _sliced_card(hub_card, folder_name(result.class_name).lower(), args, result, metrics, kind='binary',
-                        class_index=result.class_index, class_name=result.class_name)
-    export_artifact(binary, folder, architecture=binary_architecture(args['parent_architecture']), model_args=args,
-                    label_names=[result.class_name], card=card)
+    if card is None:
+        save_for_hf(classifier, folder, model_config={'label_names': list(label_names)}, safe_serialization=True)
+        (folder / 'metrics.json').write_text(json.dumps(metrics, indent=2) + '\n', encoding='utf-8')
+    else:
+        export_artifact(classifier, folder, architecture=metrics['architecture'],
+                        model_args=get_model_args(classifier), label_names=list(label_names), card=card)
 
 
 # --- class subsets -------------------------------------------------------------------------------
@@ -268,7 +270,7 @@ def extract_subset_classifiers(
 ) -> List[Path]:
     """Slice, calibrate and write one class-subset classifier per entry name -> classes of `subsets`
     into `out/<name>` (atomically, like `extract_binary_classifiers`). Returns the folders written."""
-    from timm.models import get_model_args, save_for_hf
+    from timm.models import get_model_args
 
     from .analysis.evaluation import evaluate_subset_classifier
     from .models.binary import count_parameters
@@ -294,12 +296,8 @@ def extract_subset_classifiers(
                 parent_parameters=count_parameters(model), present_subnns=args['present_subnns'],
                 threshold_rule=f'maximises F1 of "one of the subset" on {calibration_source or "the calibration data"}',
                 notes=list(notes))
-            folder = output.tmp / name
-            if hub_card is None:
-                save_for_hf(subset, folder, model_config={'label_names': result.class_names}, safe_serialization=True)
-                (folder / 'metrics.json').write_text(json.dumps(metrics, indent=2) + '\n', encoding='utf-8')
-            else:
-                _export_subset_for_hub(subset, folder, args, result, metrics, hub_card)
+            card = None if hub_card is None else _subset_card(hub_card, args, result, metrics)
+            _write_sliced(subset, output.tmp / name, result.class_names, metrics, card)
         output.commit(names)
     except BaseException:
         output.discard()
@@ -307,14 +305,9 @@ def extract_subset_classifiers(
     return [Path(out) / n for n in names]
 
 
-def _export_subset_for_hub(subset, folder: Path, args: Dict[str, Any], result, metrics: Dict[str, Any],
-                           hub_card: Dict[str, Any]) -> None:
-    from .hub.export import export_artifact
-    from .models.subset import subset_architecture
-
+def _subset_card(hub_card: Dict[str, Any], args: Dict[str, Any], result, metrics: Dict[str, Any]) -> Dict[str, Any]:
     card = _sliced_card(hub_card, result.name, args, result, metrics, kind='subset', subset_name=result.name,
                         class_indices=result.class_indices, class_names=result.class_names)
     card['metrics']['top1_within_subset'] = (
         result.validation_top1 if result.validation is not None else result.calibration_top1)
-    export_artifact(subset, folder, architecture=subset_architecture(args['parent_architecture']), model_args=args,
-                    label_names=result.class_names, card=card)
+    return card

@@ -126,30 +126,53 @@ def _default_present_subnns(parent: str, class_index: int) -> List[Optional[List
     return present
 
 
-def _create_binary(parent: str, pretrained: bool = False, **kwargs) -> CodedBinaryClassifier:
-    # `<parent>_binary.<tag>` with pretrained=True: the manifest artifact says which class (and
-    # so which subNNs) the weights belong to; without them class 0's path would be built
-    cfg, artifact = manifest_artifact_for(binary_architecture(parent), pretrained, kwargs)
+def sliced_twin_kwargs(twin: str, parent: str, pretrained: bool, kwargs: Dict[str, Any],
+                       artifact_keys: Sequence[str]) -> Tuple[Any, Any]:
+    """What every sliced twin (binary, subset) does first: with pretrained=True, the manifest
+    artifact of `<twin>.<tag>` fills in the constructor arguments `artifact_keys` that say which
+    classes (and so which subNNs) its weights belong to; a given parent_architecture must be this
+    twin's parent. Edits `kwargs` in place; returns the pretrained cfg and the artifact."""
+    cfg, artifact = manifest_artifact_for(twin, pretrained, kwargs)
     if artifact is not None:
-        for key in ('class_index', 'present_subnns', 'threshold', 'class_name'):
+        for key in artifact_keys:
             if key in artifact.model_args:
                 kwargs.setdefault(key, artifact.model_args[key])
-    class_index = int(kwargs.pop('class_index', 0))
     parent_arg = kwargs.pop('parent_architecture', None)
     if parent_arg is not None and _CANONICAL.get(parent_arg, parent_arg) != parent:
-        raise ValueError(f'parent_architecture={parent_arg!r} does not match {binary_architecture(parent)}')
+        raise ValueError(f'parent_architecture={parent_arg!r} does not match {twin}')
+    return cfg, artifact
+
+
+def build_sliced_twin(cls: type, twin: str, parent: str, pretrained: bool, model_args: Dict[str, Any],
+                      **fields: Any) -> nn.Module:
+    """timm's builder for a sliced twin: `model_args` are the parent architecture's (weights
+    verified), `fields` the twin's own (present_subnns, classes); features from every stage."""
+    return build_model_with_cfg(
+        cls, twin, pretrained,
+        feature_cfg=dict(out_indices=tuple(range(len(model_args['layers']) + 1))),
+        pretrained_filter_fn=_check_pretrained_values, parent_architecture=parent, **fields, **model_args)
+
+
+def parent_model_args(parent: str, kwargs: Dict[str, Any], cfg: Any, artifact: Any) -> Dict[str, Any]:
+    """The parent architecture's arguments (less its head size) updated by the remaining kwargs,
+    with the artifact's weights verified (resolved once, by `sliced_twin_kwargs`)."""
+    model_args = {k: v for k, v in MODEL_ARCHS[parent].items() if k != 'num_classes'}
+    model_args.update(with_verified_weights(kwargs, cfg, artifact))
+    return model_args
+
+
+def _create_binary(parent: str, pretrained: bool = False, **kwargs) -> CodedBinaryClassifier:
+    # without an artifact (random weights), class 0's path is built
+    twin = binary_architecture(parent)
+    cfg, artifact = sliced_twin_kwargs(
+        twin, parent, pretrained, kwargs, ('class_index', 'present_subnns', 'threshold', 'class_name'))
+    class_index = int(kwargs.pop('class_index', 0))
     present = kwargs.pop('present_subnns', None)
     if present is None:  # the class's path through the parent's built-in schemes
         present = _default_present_subnns(parent, class_index)
-    model_args = {k: v for k, v in MODEL_ARCHS[parent].items() if k != 'num_classes'}
-    model_args.update(with_verified_weights(kwargs, cfg, artifact))  # the artifact resolved once, above
-    return build_model_with_cfg(
-        CodedBinaryClassifier, binary_architecture(parent), pretrained,
-        feature_cfg=dict(out_indices=tuple(range(len(model_args['layers']) + 1))),
-        pretrained_filter_fn=_check_pretrained_values,
-        present_subnns=present, class_index=class_index, parent_architecture=parent,
-        **model_args,
-    )
+    return build_sliced_twin(CodedBinaryClassifier, twin, parent, pretrained,
+                             parent_model_args(parent, kwargs, cfg, artifact),
+                             present_subnns=present, class_index=class_index)
 
 
 def _binary_cfg(parent: str) -> Dict[str, Any]:

@@ -18,15 +18,14 @@ from functools import partial
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
-from timm.models import build_model_with_cfg, generate_default_cfgs
+from timm.models import generate_default_cfgs
 
 from .binary import (
-    _CANONICAL, _PARENTS, _binary_cfg, _reset_non_persistent_buffers, _resolve_class, _sliced_state_dict,
-    check_state_dict, parent_architecture, register_twin,
+    _CANONICAL, _PARENTS, _binary_cfg, _reset_non_persistent_buffers, _resolve_class, _sliced_state_dict, build_sliced_twin,
+    check_state_dict, parent_architecture, parent_model_args, register_twin, sliced_twin_kwargs,
 )
 from .coded_resnext import (
-    MODEL_ARCHS, CodedResNeXt, _check_pretrained_values, manifest_artifact_for, resolve_stage_scheme, tagged_cfgs,
-    with_verified_weights,
+    MODEL_ARCHS, CodedResNeXt, resolve_stage_scheme, tagged_cfgs,
 )
 from ..errors import TimmCodedError
 
@@ -121,24 +120,16 @@ def _union(scheme, class_indices: Sequence[int]) -> List[int]:
 
 
 def _create_subset(parent: str, pretrained: bool = False, **kwargs) -> CodedSubsetClassifier:
-    # `<parent>_subset.<tag>` with pretrained=True: the manifest artifact says which classes (and
-    # so which subNNs) the weights belong to
-    cfg, artifact = manifest_artifact_for(subset_architecture(parent), pretrained, kwargs)
-    if artifact is not None:
-        for key in ('class_indices', 'class_names', 'present_subnns', 'threshold', 'subset_name'):
-            if key in artifact.model_args:
-                kwargs.setdefault(key, artifact.model_args[key])
-    parent_arg = kwargs.pop('parent_architecture', None)
-    if parent_arg is not None and _CANONICAL.get(parent_arg, parent_arg) != parent:
-        raise ValueError(f'parent_architecture={parent_arg!r} does not match {subset_architecture(parent)}')
+    twin = subset_architecture(parent)
+    cfg, artifact = sliced_twin_kwargs(
+        twin, parent, pretrained, kwargs, ('class_indices', 'class_names', 'present_subnns', 'threshold', 'subset_name'))
     # without classes: every class, i.e. the whole network (what timm's generic tests build)
     class_indices = [int(k) for k in kwargs.pop('class_indices', range(MODEL_ARCHS[parent]['num_classes']))]
     present = kwargs.pop('present_subnns', None)
     if present is None:
         present = _union_present_subnns(parent, class_indices)
-    model_args = {k: v for k, v in MODEL_ARCHS[parent].items() if k != 'num_classes'}
+    model_args = parent_model_args(parent, kwargs, cfg, artifact)
     model_args['num_classes'] = len(class_indices)  # one logit per class (timm would take the cfg's)
-    model_args.update(with_verified_weights(kwargs, cfg, artifact))
     # timm drops pretrained classifier weights whose size differs from the cfg's num_classes: the
     # cfg's head is this subset's (the registered cfg describes the default, every-class subset)
     head = {'num_classes': len(class_indices)}
@@ -146,13 +137,8 @@ def _create_subset(parent: str, pretrained: bool = False, **kwargs) -> CodedSubs
         model_args['pretrained_cfg'] = dict(model_args['pretrained_cfg'], **head)
     else:
         model_args['pretrained_cfg_overlay'] = dict(model_args.get('pretrained_cfg_overlay') or {}, **head)
-    return build_model_with_cfg(
-        CodedSubsetClassifier, subset_architecture(parent), pretrained,
-        feature_cfg=dict(out_indices=tuple(range(len(model_args['layers']) + 1))),
-        pretrained_filter_fn=_check_pretrained_values,
-        present_subnns=present, class_indices=class_indices, parent_architecture=parent,
-        **model_args,
-    )
+    return build_sliced_twin(CodedSubsetClassifier, twin, parent, pretrained, model_args,
+                             present_subnns=present, class_indices=class_indices)
 
 
 def _subset_cfg(parent: str) -> Dict[str, Any]:
