@@ -61,6 +61,18 @@ _COMMIT_RE = re.compile(r'^[0-9a-f]{40}$')
 _SHA256_RE = re.compile(r'^[0-9a-f]{64}$')
 
 
+def _kind_block(d: Dict[str, Any], where: str, kind: str, block_kind: str, info_cls: Any, fields: str) -> Any:
+    """The `block_kind` block of an artifact entry (binary, subset): required for that kind, parsed
+    by `info_cls.from_dict`; absent for every other kind."""
+    block = d.get(block_kind)
+    if kind == block_kind:
+        if block is None:
+            raise _fail(where, f"kind '{block_kind}' needs a '{block_kind}' block ({fields})")
+        return info_cls.from_dict(block, f'{where}.{block_kind}')
+    if block is not None:
+        raise _fail(f'{where}.{block_kind}', f"only kind '{block_kind}' artifacts have a '{block_kind}' block")
+    return None
+
 def _fail(where: str, problem: str) -> ManifestError:
     return ManifestError(f'{where}: {problem}')
 
@@ -300,20 +312,8 @@ class Artifact:
             raise _fail(f'{where}.model_args', 'expected an object of constructor arguments')
         _check_json_value(model_args, f'{where}.model_args')
 
-        binary = d.get('binary')
-        if kind == 'binary':
-            if binary is None:
-                raise _fail(where, "kind 'binary' needs a 'binary' block (class_index, class_name, threshold)")
-            binary = BinaryInfo.from_dict(binary, f'{where}.binary')
-        elif binary is not None:
-            raise _fail(f'{where}.binary', "only kind 'binary' artifacts have a 'binary' block")
-        subset = d.get('subset')
-        if kind == 'subset':
-            if subset is None:
-                raise _fail(where, "kind 'subset' needs a 'subset' block (name, class_indices, class_names, threshold)")
-            subset = SubsetInfo.from_dict(subset, f'{where}.subset')
-        elif subset is not None:
-            raise _fail(f'{where}.subset', "only kind 'subset' artifacts have a 'subset' block")
+        binary = _kind_block(d, where, kind, 'binary', BinaryInfo, 'class_index, class_name, threshold')
+        subset = _kind_block(d, where, kind, 'subset', SubsetInfo, 'name, class_indices, class_names, threshold')
 
         metrics = d.get('metrics') or {}
         if not isinstance(metrics, dict):
