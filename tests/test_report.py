@@ -71,6 +71,23 @@ def test_training_figure_is_drawn_from_the_history(base_report, tmp_path):
     finally:
         plt.close(fig)
 
+    # a warm restart (two stages, 3 + 2 epochs): both panels mark where the second schedule starts
+    restarted = with_history(base_report, epochs=5)
+    restarted['training']['stages'] = [{'epochs': 3, 'lr': 0.15}, {'epochs': 2, 'lr': 0.08}]
+    fig = plots.plot_training(restarted, None)
+    try:
+        for ax in fig.axes:
+            vertical = [l for l in ax.lines if len(set(l.get_xdata())) == 1]
+            assert [l.get_xdata()[0] for l in vertical] == [3.5]
+        assert 'warm restart' in [l.get_label() for l in fig.axes[1].lines]
+    finally:
+        plt.close(fig)
+    fig = plots.plot_training(d, None)  # one stage: no marker
+    try:
+        assert not [l for ax in fig.axes for l in ax.lines if len(l.get_xdata()) == 2 and len(set(l.get_xdata())) == 1]
+    finally:
+        plt.close(fig)
+
     broken = with_history(base_report)
     broken['training']['history'] = [{'loss': 1.}]  # no epoch: the figure fails, the rest survives
     files = plots.save_report_plots(broken, tmp_path / 'broken')

@@ -94,6 +94,14 @@ def _label_points(ax, xs: Sequence[float], ys: Sequence[float], labels: Sequence
     return annotations
 
 
+def _restart_epochs(report: Dict[str, Any]) -> List[int]:
+    """The last epoch before each warm restart, from `report['training']['stages']` (each stage's
+    arguments, with its `epochs`); empty for a single schedule."""
+    stages = (report.get('training') or {}).get('stages') or []
+    ends = np.cumsum([int(stage.get('epochs', 0)) for stage in stages])
+    return [int(e) for e in ends[:-1]]
+
+
 def plot_training(report: Dict[str, Any], path: Optional[os.PathLike]):
     """Training curves from `report['training']['history']`: the loss and its coding part, and
     the training and held-out accuracy, per epoch. None when the report has no history."""
@@ -123,6 +131,9 @@ def plot_training(report: Dict[str, Any], path: Optional[os.PathLike]):
     num_classes = len(report.get('class_names') or [])
     if num_classes:
         ax_acc.axhline(100 / num_classes, color='gray', ls='--', lw=1, label=f'chance ({100 / num_classes:.0f} %)')
+    for i, epoch in enumerate(_restart_epochs(report)):  # a second schedule: say where it starts
+        for ax in (ax_loss, ax_acc):
+            ax.axvline(epoch + 0.5, color='gray', ls=':', lw=1.2, label='warm restart' if i == 0 and ax is ax_acc else None)
     ax_acc.set_xlabel('epoch')
     ax_acc.set_ylabel('top-1 accuracy (%)')
     ax_acc.set_ylim(0, 100)
