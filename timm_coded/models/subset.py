@@ -129,7 +129,7 @@ def _create_subset(parent: str, pretrained: bool = False, **kwargs) -> CodedSubs
     if present is None:
         present = _union_present_subnns(parent, class_indices)
     model_args = parent_model_args(parent, kwargs, cfg, artifact)
-    model_args['num_classes'] = len(class_indices)  # one logit per class (timm would take the cfg's)
+    model_args.setdefault('num_classes', len(class_indices))  # one logit per class, unless asked otherwise
     # timm drops pretrained classifier weights whose size differs from the cfg's num_classes: the
     # cfg's head is this subset's (the registered cfg describes the default, every-class subset)
     head = {'num_classes': len(class_indices)}
