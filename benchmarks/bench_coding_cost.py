@@ -10,8 +10,9 @@ Inference is a forward under `torch.inference_mode()` in eval mode.
 `--before VARIANT ...` adds earlier implementations of the coded block as further variants,
 interleaved in the same rounds, for before/after comparisons free of run-to-run drift:
 'coded, float32 energies' computes the second moments in float32 on every path (timm-coded 0.1
-under autocast; also `--with-float32-energies`), 'coded, out-of-place scaling' applies the subNN
-multiplier out of place also in inference.
+under autocast; also `--with-float32-energies`), 'coded, autograd scaling' applies the subNN
+multiplier as a plain autograd product, also in inference (the block before its in-place
+inference path and hand-written backward).
 
     python benchmarks/bench_coding_cost.py [--rounds 7] [--threads 1] [--nets NAME ...] [--paths 'channels_last + bf16' ...] [--before VARIANT ...]
 """
@@ -64,9 +65,11 @@ BEFORE = {
     # second moments upcast to float32 on every path (timm-coded 0.1)
     'coded, float32 energies': _patched(energy, '_second_moments',
                                         lambda current: lambda h, num_subnns: current(h.float(), num_subnns)),
-    # the subNN multiplier applied out of place also without autograd (before the in-place inference path)
-    'coded, out-of-place scaling': _patched(layers, 'scale_subnn_channels',
-                                            lambda current: lambda h, m: h * m[:, :, None, None]),
+    # the subNN multiplier as one autograd product, also in inference (before the in-place inference
+    # path and the dot-product backward of the normalization)
+    'coded, autograd scaling': _patched(
+        layers, 'scale_subnn_channels', lambda current: lambda h, scale, factor, subnn_width: h * (
+            scale.unsqueeze(1) * factor.repeat_interleave(subnn_width, dim=1)).to(h.dtype)[:, :, None, None]),
 }
 
 

@@ -266,6 +266,25 @@ def test_low_precision_second_moments_and_their_gradient_are_exact(channels_last
     assert grad.is_contiguous(memory_format=torch.channels_last) == channels_last  # h's layout
 
 
+@pytest.mark.parametrize('layouts', [('nchw', 'nchw'), ('cl', 'cl'), ('cl', 'nchw')])
+def test_normalization_scaling_and_its_gradient_are_exact(layouts):
+    # the training path's hand-written backward (scale's gradient as one dot product with the
+    # output), in float64, with the gate x mask factor per sample; the last case gives the output
+    # gradient in another layout than the output (the fallback product)
+    from timm_coded.models.layers import _ScaleByNormalization, _per_sample_dot
+    torch.manual_seed(0)
+    fmt = {'nchw': torch.contiguous_format, 'cl': torch.channels_last}
+    h = torch.randn(3, 12, 4, 5, dtype=torch.float64).contiguous(memory_format=fmt[layouts[0]]).requires_grad_()
+    scale = (torch.rand(3, dtype=torch.float64) + 0.5).requires_grad_()
+    factor = torch.tensor([[1., 0, 2], [1, 1, 1], [0, 2, 2]], dtype=torch.float64).repeat_interleave(4, dim=1)
+    out = _ScaleByNormalization.apply(h, scale, factor)
+    torch.testing.assert_close(out, h * (scale[:, None] * factor)[:, :, None, None], rtol=0, atol=0)
+    weights = torch.randn(out.shape, dtype=torch.float64).contiguous(memory_format=fmt[layouts[1]])
+    assert torch.autograd.gradcheck(lambda a, b: (_ScaleByNormalization.apply(a, b, factor) * weights).sum(), (h, scale))
+    a = torch.randn(3, 12, 4, 5, dtype=torch.float64).contiguous(memory_format=fmt[layouts[0]])
+    torch.testing.assert_close(_per_sample_dot(a, weights), (a * weights).sum(dim=(1, 2, 3)), rtol=1e-12, atol=0)
+
+
 @pytest.mark.parametrize('width', [2, 30])
 def test_bf16_energies_agree_with_float32_on_the_same_activations(width):
     # Under bf16 autocast the second moments stay in bfloat16 (only S is rounded): the energies
