@@ -10,9 +10,7 @@ Inference is a forward under `torch.inference_mode()` in eval mode.
 `--before VARIANT ...` adds earlier implementations of the coded block as further variants,
 interleaved in the same rounds, for before/after comparisons free of run-to-run drift:
 'coded, float32 energies' computes the second moments in float32 on every path (timm-coded 0.1
-under autocast; also `--with-float32-energies`), 'coded, autograd scaling' applies the subNN
-multiplier as a plain autograd product, also in inference (the block before its in-place
-inference path and hand-written backward).
+under autocast; also `--with-float32-energies`).
 
     python benchmarks/bench_coding_cost.py [--rounds 7] [--threads 1] [--nets NAME ...] [--paths 'channels_last + bf16' ...] [--before VARIANT ...]
 """
@@ -29,7 +27,6 @@ import timm
 import timm_coded  # noqa: F401
 from timm_coded import energy
 from timm_coded.energy import coding_loss, target_codewords
-from timm_coded.models import layers
 from timm_coded.models.layers import EnergyRecorder
 
 # (model name, train batch, inference batch): the paper's CIFAR-10 net, the zoo's CPU model and
@@ -65,11 +62,6 @@ BEFORE = {
     # second moments upcast to float32 on every path (timm-coded 0.1)
     'coded, float32 energies': _patched(energy, '_second_moments',
                                         lambda current: lambda h, num_subnns: current(h.float(), num_subnns)),
-    # the subNN multiplier as one autograd product, also in inference (before the in-place inference
-    # path and the dot-product backward of the normalization)
-    'coded, autograd scaling': _patched(
-        layers, 'scale_subnn_channels', lambda current: lambda h, scale, factor, subnn_width: h * (
-            scale.unsqueeze(1) * factor.repeat_interleave(subnn_width, dim=1)).to(h.dtype)[:, :, None, None]),
 }
 
 

@@ -104,22 +104,6 @@ def test_fast_block_equals_naive_reference(train):
         torch.testing.assert_close(gf, gn, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize('no_autograd', [torch.no_grad, torch.inference_mode])
-def test_inference_scales_in_place_and_equals_the_autograd_forward(no_autograd):
-    # Without autograd the block scales act2's output in place (scale_subnn_channels); the result
-    # must be the same arithmetic as the out-of-place product autograd needs, also for a
-    # per-sample gate, and the input must be left alone.
-    block = make_block().eval()
-    block.subnn_gate = torch.tensor([[1., 0, 1, 1, 0, 1], [0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
-    x = torch.randn(3, 12, 9, 9)
-    x_before = x.clone()
-    expected, _ = block(x.requires_grad_())
-    with no_autograd():
-        actual, _ = block(x.detach())
-    torch.testing.assert_close(actual, expected.detach(), rtol=0, atol=0)
-    torch.testing.assert_close(x.detach(), x_before, rtol=0, atol=0)
-
-
 def test_float32_block_matches_float64_reference():
     block = make_block(seed=3)
     block.eval()
@@ -264,25 +248,6 @@ def test_low_precision_second_moments_and_their_gradient_are_exact(channels_last
     assert torch.autograd.gradcheck(lambda t: moments(t, 3), (h,))
     grad, = torch.autograd.grad(moments(h, 3).sum(), h)
     assert grad.is_contiguous(memory_format=torch.channels_last) == channels_last  # h's layout
-
-
-@pytest.mark.parametrize('layouts', [('nchw', 'nchw'), ('cl', 'cl'), ('cl', 'nchw')])
-def test_normalization_scaling_and_its_gradient_are_exact(layouts):
-    # the training path's hand-written backward (scale's gradient as one dot product with the
-    # output), in float64, with the gate x mask factor per sample; the last case gives the output
-    # gradient in another layout than the output (the fallback product)
-    from timm_coded.models.layers import _ScaleByNormalization, _per_sample_dot
-    torch.manual_seed(0)
-    fmt = {'nchw': torch.contiguous_format, 'cl': torch.channels_last}
-    h = torch.randn(3, 12, 4, 5, dtype=torch.float64).contiguous(memory_format=fmt[layouts[0]]).requires_grad_()
-    scale = (torch.rand(3, dtype=torch.float64) + 0.5).requires_grad_()
-    factor = torch.tensor([[1., 0, 2], [1, 1, 1], [0, 2, 2]], dtype=torch.float64).repeat_interleave(4, dim=1)
-    out = _ScaleByNormalization.apply(h, scale, factor)
-    torch.testing.assert_close(out, h * (scale[:, None] * factor)[:, :, None, None], rtol=0, atol=0)
-    weights = torch.randn(out.shape, dtype=torch.float64).contiguous(memory_format=fmt[layouts[1]])
-    assert torch.autograd.gradcheck(lambda a, b: (_ScaleByNormalization.apply(a, b, factor) * weights).sum(), (h, scale))
-    a = torch.randn(3, 12, 4, 5, dtype=torch.float64).contiguous(memory_format=fmt[layouts[0]])
-    torch.testing.assert_close(_per_sample_dot(a, weights), (a * weights).sum(dim=(1, 2, 3)), rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize('width', [2, 30])

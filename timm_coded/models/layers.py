@@ -37,61 +37,6 @@ def draw_subnn_mask(batch_size: int, num_subnns: int, drop_rate: float, device: 
     return keep.float() / (1. - drop_rate)
 
 
-class _ScaleByNormalization(torch.autograd.Function):
-    """out = h * (scale (B,) x factor (B or 1, N*d)) per channel, differentiable in h and scale only.
-
-    `factor` (gate x dropSubNNs mask, per channel) is a constant, so the gradient that autograd's
-    product would send to the full (B, N*d) multiplier, sum over pixels of g * h, is only needed
-    summed into the per-sample scale: dL/dscale_b = <g_b, out_b> / scale_b, one batched dot product
-    with the output (which conv3 keeps for its own backward anyway) instead of an activation-sized
-    product g * h and its reduction.
-    """
-
-    @staticmethod
-    def forward(ctx, h: torch.Tensor, scale: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-        multiplier = (scale.unsqueeze(1) * factor).to(h.dtype)[:, :, None, None]
-        out = h * multiplier
-        ctx.save_for_backward(out, scale, multiplier)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        out, scale, multiplier = ctx.saved_tensors
-        grad_h = grad * multiplier if ctx.needs_input_grad[0] else None
-        grad_scale = None
-        if ctx.needs_input_grad[1]:
-            grad_scale = _per_sample_dot(grad, out).float() / scale
-        return grad_h, grad_scale, None
-
-
-def _per_sample_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """sum over (C, H, W) of a * b, (B,), without forming the product when both share a layout."""
-    for memory_format in (torch.contiguous_format, torch.channels_last):
-        if a.is_contiguous(memory_format=memory_format) and b.is_contiguous(memory_format=memory_format):
-            if memory_format == torch.channels_last:
-                a, b = a.permute(0, 2, 3, 1), b.permute(0, 2, 3, 1)  # memory order, views
-            # vecdot: a fused dot product (batched matmul with 1x1 outputs is many times slower in bf16)
-            return torch.linalg.vecdot(a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1))
-    return (a * b).sum(dim=(1, 2, 3))
-
-
-@register_notrace_function  # branches on autograd state: a single node in fx graphs
-def scale_subnn_channels(h: torch.Tensor, scale: torch.Tensor, factor: torch.Tensor, subnn_width: int) -> torch.Tensor:
-    """h_n * scale * factor_n for every subNN n: the block's normalization (scale, (B,)), gate and
-    dropSubNNs (factor, (B or 1, N), constants) applied to the input of its last 1x1 conv.
-
-    When autograd records nothing (inference), h is scaled in place: it is act2's own (in-place
-    ReLU) output, already consumed by the energies, so this saves one pass and a new buffer the
-    size of the block's widest activation. In training, `_ScaleByNormalization` backpropagates.
-    """
-    channel_factor = factor.repeat_interleave(subnn_width, dim=1)
-    if not torch.is_grad_enabled() or not (h.requires_grad or scale.requires_grad or factor.requires_grad):
-        return h.mul_((scale.unsqueeze(1) * channel_factor).to(h.dtype)[:, :, None, None])
-    if torch.jit.is_scripting() or factor.requires_grad:  # TorchScript: no autograd.Function
-        return h * (scale.unsqueeze(1) * channel_factor).to(h.dtype)[:, :, None, None]
-    return _ScaleByNormalization.apply(h, scale, channel_factor)
-
-
 class CodedBottleneck(nn.Module):
     """ResNeXt bottleneck whose N groups (subNNs) can be coded.
 
@@ -206,12 +151,13 @@ class CodedBottleneck(nn.Module):
             # conv3 is linear: fold them into one multiplier on h instead of scaling the C-channel
             # output (less memory, and no N separate outputs are ever formed).
             scale = normalization_scale(energies, self.num_subnns)
-            factor = gate
+            multiplier = scale.unsqueeze(1) * gate
             if self.training and self.drop_subnn_rate > 0.:
                 if mask is None or self.new_mask:  # new_mask is set wherever the scheme (so N) changes
                     mask = draw_subnn_mask(h.shape[0], self.num_present, self.drop_subnn_rate, h.device)
-                factor = factor * mask
-            h = scale_subnn_channels(h, scale, factor, self.subnn_width)
+                multiplier = multiplier * mask
+            channel_multiplier = multiplier.repeat_interleave(self.subnn_width, dim=1).to(h.dtype)
+            h = h * channel_multiplier[:, :, None, None]
 
         out = self.bn3(self.conv3(h))
         out = self.drop_path(out)
