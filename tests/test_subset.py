@@ -90,6 +90,10 @@ def test_the_subset_architecture_rebuilds_from_json_model_args_and_timm_defaults
     # without arguments (as timm's generic tests build it): every class, i.e. the whole network
     default = timm.create_model('coded_resnext17_10x2d_subset')
     assert default.num_classes == 10 and count_parameters(default) == count_parameters(model)
+    # a head size the caller asks for wins over the subset's (num_classes=0: features, as in timm)
+    headless = timm.create_model(subset_architecture('coded_resnext17_10x2d'), **dict(args, num_classes=0)).eval()
+    with torch.no_grad():
+        assert headless(x).shape == (2, headless.num_features)
 
 
 @pytest.mark.parametrize('classes, name, message', [
