@@ -7,12 +7,11 @@ load from other processes hits both alike. The training step is the one the trai
 forward under the path's autocast, cross-entropy + coding loss (float32), backward, SGD step.
 Inference is a forward under `torch.inference_mode()` in eval mode.
 
-`--before VARIANT ...` adds earlier implementations of the coded block as further variants,
-interleaved in the same rounds, for before/after comparisons free of run-to-run drift:
-'coded, float32 energies' computes the second moments in float32 on every path (timm-coded 0.1
-under autocast; also `--with-float32-energies`).
+`--with-float32-energies` adds a third variant, interleaved in the same rounds: the coded model
+computing its second moments in float32 on every path (what timm-coded 0.1 did under autocast),
+for a before/after comparison free of run-to-run drift.
 
-    python benchmarks/bench_coding_cost.py [--rounds 7] [--threads 1] [--nets NAME ...] [--paths 'channels_last + bf16' ...] [--before VARIANT ...]
+    python benchmarks/bench_coding_cost.py [--rounds 7] [--threads 1] [--nets NAME ...] [--paths 'channels_last + bf16' ...]
 """
 import argparse
 import statistics
@@ -43,31 +42,21 @@ PATHS = {
 }
 
 
-def _patched(module, attribute: str, replacement: Callable) -> Callable[[Callable[[], None]], Callable[[], None]]:
-    """Run a step with `module.attribute` replaced: an earlier implementation, timed in the same rounds."""
-    def wrap(fn: Callable[[], None]) -> Callable[[], None]:
-        def step() -> None:
-            current = getattr(module, attribute)
-            setattr(module, attribute, replacement(current))
-            try:
-                fn()
-            finally:
-                setattr(module, attribute, current)
-        return step
-    return wrap
-
-
-# earlier implementations of the coded block, for before/after comparisons free of run-to-run drift
-BEFORE = {
-    # second moments upcast to float32 on every path (timm-coded 0.1)
-    'coded, float32 energies': _patched(energy, '_second_moments',
-                                        lambda current: lambda h, num_subnns: current(h.float(), num_subnns)),
-}
+def with_float32_energies(fn: Callable[[], None]) -> Callable[[], None]:
+    """Run `fn` with the second moments upcast to float32 on every path (timm-coded 0.1)."""
+    def step() -> None:
+        current = energy._second_moments
+        energy._second_moments = lambda h, num_subnns: current(h.float(), num_subnns)
+        try:
+            fn()
+        finally:
+            energy._second_moments = current
+    return step
 
 
 def make_step(name: str, variant: str, batch: int, path: str, train: bool) -> Callable[[], None]:
-    if variant in BEFORE:
-        return BEFORE[variant](make_step(name, 'coded', batch, path, train))
+    if variant == 'coded, float32 energies':
+        return with_float32_energies(make_step(name, 'coded', batch, path, train))
     channels_last, amp_dtype = PATHS[path]
     model = timm.create_model(name, coded=variant != 'uncoded')
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -122,14 +111,11 @@ def main() -> None:
     parser.add_argument('--threads', type=int, default=1)
     parser.add_argument('--nets', nargs='*', default=[n for n, _, _ in NETS])
     parser.add_argument('--paths', nargs='*', choices=list(PATHS), default=list(PATHS))
-    parser.add_argument('--before', nargs='*', choices=list(BEFORE), default=[],
-                        help='earlier implementations to time in the same rounds')
-    parser.add_argument('--with-float32-energies', action='store_true', help="same as --before 'coded, float32 energies'")
+    parser.add_argument('--with-float32-energies', action='store_true')
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    before = list(args.before) + (['coded, float32 energies'] if args.with_float32_energies else [])
-    variants = ['coded'] + list(dict.fromkeys(before))
+    variants = ['coded'] + (['coded, float32 energies'] if args.with_float32_energies else [])
     print(f'torch {torch.__version__}, timm {timm.__version__}, {args.threads} thread(s), '
           f'medians of {args.rounds} interleaved rounds')
     print('| network | path | variant | train step s (uncoded) | train ratio | inference s (uncoded) | infer ratio |')

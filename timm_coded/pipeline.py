@@ -205,7 +205,7 @@ def extract_binary_classifiers(
             card = None if hub_card is None else _sliced_card(
                 hub_card, folder_name(result.class_name).lower(), args, result, metrics, kind='binary',
                 class_index=result.class_index, class_name=result.class_name)
-            _write_sliced(binary, output.tmp / name, [result.class_name], metrics, card)
+            _write_sliced(binary, output.tmp / name, args, [result.class_name], metrics, card)
         output.commit(names)
     except BaseException:
         output.discard()
@@ -237,11 +237,11 @@ def _sliced_card(hub_card: Dict[str, Any], tag_suffix: str, args: Dict[str, Any]
     return card
 
 
-def _write_sliced(classifier, folder: Path, label_names: Sequence[str], metrics: Dict[str, Any],
-                  card: Optional[Dict[str, Any]]) -> None:
+def _write_sliced(classifier, folder: Path, model_args: Dict[str, Any], label_names: Sequence[str],
+                  metrics: Dict[str, Any], card: Optional[Dict[str, Any]]) -> None:
     """Write one sliced classifier (binary or subset): timm's `save_for_hf` folder plus metrics.json
     without a Hub card, else the Hub export (weights, config and the model card `card`)."""
-    from timm.models import get_model_args, save_for_hf
+    from timm.models import save_for_hf
 
     from .hub.export import export_artifact
 
@@ -250,7 +250,7 @@ def _write_sliced(classifier, folder: Path, label_names: Sequence[str], metrics:
         (folder / 'metrics.json').write_text(json.dumps(metrics, indent=2) + '\n', encoding='utf-8')
     else:
         export_artifact(classifier, folder, architecture=metrics['architecture'],
-                        model_args=get_model_args(classifier), label_names=list(label_names), card=card)
+                        model_args=model_args, label_names=list(label_names), card=card)
 
 
 # --- class subsets -------------------------------------------------------------------------------
@@ -297,7 +297,7 @@ def extract_subset_classifiers(
                 threshold_rule=f'maximises F1 of "one of the subset" on {calibration_source or "the calibration data"}',
                 notes=list(notes))
             card = None if hub_card is None else _subset_card(hub_card, args, result, metrics)
-            _write_sliced(subset, output.tmp / name, result.class_names, metrics, card)
+            _write_sliced(subset, output.tmp / name, args, result.class_names, metrics, card)
         output.commit(names)
     except BaseException:
         output.discard()

@@ -73,6 +73,7 @@ def _kind_block(d: Dict[str, Any], where: str, kind: str, block_kind: str, info_
         raise _fail(f'{where}.{block_kind}', f"only kind '{block_kind}' artifacts have a '{block_kind}' block")
     return None
 
+
 def _fail(where: str, problem: str) -> ManifestError:
     return ManifestError(f'{where}: {problem}')
 
