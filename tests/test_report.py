@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from timm_coded.analysis import plots
 from timm_coded.demo import DemoConfig, _report_markdown
 from timm_coded.analysis.evaluation import evaluate
+from timm_coded.errors import TimmCodedError
 from conftest import randomised
 
 SMALL = 'coded_resnext17_10x2d'
@@ -82,6 +83,13 @@ def test_training_figure_is_drawn_from_the_history(base_report, tmp_path):
         assert 'warm restart' in [l.get_label() for l in fig.axes[1].lines]
     finally:
         plt.close(fig)
+    # a first stage stopped early (--max-minutes): 2 of its 3 planned epochs ran, then 2 more
+    stopped = with_history(base_report, epochs=4)
+    stopped['training']['stages'] = [{'epochs': 3, 'epochs_run': 2}, {'epochs': 2, 'epochs_run': 2}]
+    assert plots._restart_epochs(stopped) == [2]
+    stopped['training']['stages'] = [{'epochs': 3}, {'epochs': 2}]  # an old record that cannot say where
+    with pytest.raises(TimmCodedError, match='lists 4 epochs but its stages account for 5'):
+        plots._restart_epochs(stopped)
     fig = plots.plot_training(d, None)  # one stage: no marker
     try:
         assert not [l for ax in fig.axes for l in ax.lines if len(l.get_xdata()) == 2 and len(set(l.get_xdata())) == 1]

@@ -68,6 +68,12 @@ def test_train_batches_are_pad_and_crop_flips_of_their_images_and_reproducible()
     again = list(loader)
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(epoch, again))
     assert not torch.equal(torch.cat([t for _, t in list(loader)]), torch.cat([t for _, t in epoch]))  # next epoch
+    # a warm restart numbers its epochs on: its first epoch draws what epoch 3 of the first run drew
+    loader.set_epoch(3)
+    fourth = list(loader)
+    restart = TensorBatchLoader(images, targets, 16, train=True, mean=(0, 0, 0), std=(1 / 255,) * 3, seed=3,
+                                first_epoch=3)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(fourth, restart))
 
 
 def test_channels_last_and_too_small_a_training_set():

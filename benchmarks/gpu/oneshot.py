@@ -848,7 +848,7 @@ def train_one(kind, name, kwargs, epochs, batch, args, device, amp_dtype, channe
     run_args = {
         'batch_size': batch, 'lr': args.lr, 'min_lr': args.min_lr, 'weight_decay': args.weight_decay,
         'warmup_epochs': args.warmup_epochs, 'label_smoothing': args.label_smoothing, 'ema_decay': args.ema_decay,
-        'seed': args.seed, 'epochs': epochs, 'control': kind == 'control', 'amp_dtype': cfg.amp_dtype,
+        'seed': args.seed, 'epochs': epochs, 'holdout_per_class': per, 'control': kind == 'control', 'amp_dtype': cfg.amp_dtype,
         'channels_last': channels_last, 'augmentation': 'pad 4 + random crop, horizontal flip (on the device)',
         'randaugment': None, 'script': 'benchmarks/gpu/oneshot.py', 'device': str(device),
     }
@@ -871,6 +871,7 @@ def train_one(kind, name, kwargs, epochs, batch, args, device, amp_dtype, channe
         size = save_bf16(weights.state_dict(), run_dir / 'model.safetensors',
                          {'format': 'pt', 'model': name, 'epoch': str(stats.epoch), 'variant': kind})
         record['checkpoint']['bytes'] = size
+        record['checkpoint_sha256'] = sha256(run_dir / 'model.safetensors')  # what ship_weights.py checks
         write_atomic(run_dir / 'history.json', json.dumps(record, indent=1) + '\n')
         ips = len(train_loader) * batch / max(stats.seconds, 1e-9)
         log(f'{kind} epoch {stats.epoch}/{epochs}: loss {stats.loss:.3f} code {stats.coding_loss:.3f} '

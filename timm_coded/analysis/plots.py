@@ -95,10 +95,14 @@ def _label_points(ax, xs: Sequence[float], ys: Sequence[float], labels: Sequence
 
 
 def _restart_epochs(report: Dict[str, Any]) -> List[int]:
-    """The last epoch before each warm restart, from `report['training']['stages']` (each stage's
-    arguments, with its `epochs`); empty for a single schedule."""
-    stages = (report.get('training') or {}).get('stages') or []
-    ends = np.cumsum([int(stage.get('epochs', 0)) for stage in stages])
+    """The last epoch before each warm restart, from `report['training']` (its `stages`, the
+    arguments of each, and `history`); empty for a single schedule."""
+    from ..training.runs import stage_epochs
+
+    training = report.get('training') or {}
+    if len(training.get('stages') or []) < 2:
+        return []
+    ends = np.cumsum(stage_epochs(training))  # the epochs each stage ran, not the ones it planned
     return [int(e) for e in ends[:-1]]
 
 

@@ -49,7 +49,7 @@ class TensorBatchLoader:
     def __init__(self, images: torch.Tensor, targets: torch.Tensor, batch_size: int, *, train: bool,
                  mean: Sequence[float], std: Sequence[float], pad: int = 4, flip: bool = True,
                  seed: int = 0, channels_last: bool = False,
-                 targets_device: Optional[torch.device] = None) -> None:
+                 targets_device: Optional[torch.device] = None, first_epoch: int = 0) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f'images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}')
         if batch_size < 1:
@@ -63,6 +63,7 @@ class TensorBatchLoader:
         self.channels_last = channels_last
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255
         self.inv_std = 1. / (torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255)
+        self.first_epoch = first_epoch
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -90,7 +91,7 @@ class TensorBatchLoader:
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         device = self.images.device
-        generator = torch.Generator(device=device).manual_seed(self.seed * 100_003 + self.epoch)
+        generator = torch.Generator(device=device).manual_seed(self.seed * 100_003 + self.first_epoch + self.epoch)
         n = len(self.images)
         order = (torch.randperm(n, generator=generator, device=device) if self.train
                  else torch.arange(n, device=device))
