@@ -13,7 +13,7 @@ import pytest
 import timm_coded.hub.manifest as manifest_module
 from timm_coded.errors import ManifestError, TimmCodedError
 from timm_coded.hub.manifest import (
-    Artifact, ArtifactFile, BinaryInfo, HubLocation, Manifest, PackageLocation, load_manifest,
+    Artifact, ArtifactFile, BinaryInfo, HubLocation, Manifest, load_manifest,
     pretrained_cfg_overrides, save_manifest, update_manifest,
 )
 
@@ -96,6 +96,9 @@ def test_round_trip_through_json(tmp_path):
     (lambda d: d['artifacts'].append(copy.deepcopy(d['artifacts'][0])), 'duplicate artifact names'),
     (lambda d: d['artifacts'][0].update(tag='CIFAR-10'), 'pretrained tag'),
     (lambda d: d['artifacts'][1].update(model_args={'scheme': float('inf')}), 'model_args: not JSON'),
+    (lambda d: d['artifacts'][1].update(model_args={'class_index': 4, 'threshold': 1.25}),
+     "model_args.class_index: 4 disagrees with the binary block (3)"),
+    (lambda d: d['artifacts'][1].update(model_args={'class_name': 'dog'}), 'model_args.class_name'),
 ])
 def test_malformed_manifests_are_rejected_with_the_place_named(tmp_path, mutate, message):
     doc = _doc(_full(), _binary())
@@ -243,3 +246,12 @@ def test_manifest_module_imports_only_the_standard_library():
         names = {a.name.split('.')[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         names |= {n.module.split('.')[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0}
         assert {m for m in names if m not in sys.stdlib_module_names} == set(), module
+
+
+@pytest.mark.parametrize('arg, value', [('subset_name', 'cats'), ('class_indices', [3, 4]), ('class_names', ['dog', 'cat'])])
+def test_a_subset_entry_whose_model_args_disagree_with_its_block_is_refused(arg, value):
+    shipped = json.loads((REPO_ROOT / 'weights_manifest.json').read_text())
+    subset = next(a for a in shipped['artifacts'] if a['kind'] == 'subset')
+    Artifact.from_dict(subset, 'entry')  # as shipped: consistent
+    with pytest.raises(ManifestError, match=f'entry.model_args.{arg}: .* disagrees with the subset block'):
+        Artifact.from_dict(dict(subset, model_args=dict(subset['model_args'], **{arg: value})), 'entry')

@@ -74,6 +74,29 @@ def _kind_block(d: Dict[str, Any], where: str, kind: str, block_kind: str, info_
     return None
 
 
+# the block's field -> the model argument that builds the same thing
+_BLOCK_MODEL_ARGS = {'class_index': 'class_index', 'class_name': 'class_name', 'threshold': 'threshold',
+                     'name': 'subset_name', 'class_indices': 'class_indices', 'class_names': 'class_names'}
+
+
+def _check_block_matches_model_args(block: Any, model_args: Dict[str, Any], where: str) -> None:
+    """A binary/subset block and the model arguments say the same: the model is built from the
+    arguments while loaders pick artifacts by the block (a disagreement would load one class's
+    weights under another's name)."""
+    if block is None:
+        return
+    for field_name, arg in _BLOCK_MODEL_ARGS.items():
+        if not hasattr(block, field_name) or arg not in model_args:
+            continue
+        value, given = getattr(block, field_name), model_args[arg]
+        if (list(value) if isinstance(value, tuple) else value) != given:
+            raise _fail(f'{where}.model_args.{arg}', f'{given!r} disagrees with the {_block_name(block)} block ({value!r})')
+
+
+def _block_name(block: Any) -> str:
+    return 'binary' if isinstance(block, BinaryInfo) else 'subset'
+
+
 def _fail(where: str, problem: str) -> ManifestError:
     return ManifestError(f'{where}: {problem}')
 
@@ -315,6 +338,7 @@ class Artifact:
 
         binary = _kind_block(d, where, kind, 'binary', BinaryInfo, 'class_index, class_name, threshold')
         subset = _kind_block(d, where, kind, 'subset', SubsetInfo, 'name, class_indices, class_names, threshold')
+        _check_block_matches_model_args(binary or subset, model_args, where)
 
         metrics = d.get('metrics') or {}
         if not isinstance(metrics, dict):
