@@ -25,7 +25,7 @@ from .._io import normalise_modes, umask_mode
 from ..errors import CheckpointMismatchError, IntegrityError, ManifestError, TimmCodedError
 from .layout import MAIN_BRANCH, artifact_branch
 from .manifest import (
-    Artifact, ArtifactFile, BinaryInfo, HubLocation, Location, PackageLocation, SubsetInfo, update_manifest,
+    Artifact, ArtifactFile, BinaryInfo, HubLocation, Location, PackageLocation, SubsetInfo,
 )
 
 
@@ -574,22 +574,67 @@ def ship_in_package(
 ) -> List[Artifact]:
     """Copy exported folders into the package (`timm_coded/<subdir>/<architecture>.<tag>/`) and
     list them in the manifest as package artifacts: for small weights that travel with the code
-    until a Hub publication exists. All folders are checked before anything is copied."""
-    from .manifest import PACKAGE_DIR
+    until a Hub publication exists.
+
+    All or nothing: every folder is verified, then copied into a staging folder beside its target;
+    only then are the targets swapped in (the previous folders kept aside) and the manifest saved.
+    A failure at any step puts the previous folders back and leaves the manifest as it was.
+    Shipping a full model again replaces its sliced classifiers: the package's classifiers of the
+    previous weights that the new set lacks are removed with their manifest entries (they were
+    sliced from weights that are gone); one published on the Hub is refused instead.
+    """
+    from .manifest import PACKAGE_DIR, Manifest, default_manifest_path, load_manifest, save_manifest
 
     exports = [read_export(f) for f in folders]
     for export in exports:
         verify_export(export)
-    artifacts = []
-    for export in exports:
-        relative = f'{subdir}/{export.name}'
-        target = PACKAGE_DIR / relative
-        tmp = target.with_name(f'.{target.name}.tmp')
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(export.folder, tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-        artifacts.append(read_export(target).to_artifact_at(PackageLocation(relative)))
-    update_manifest(artifacts, manifest_path)
+    path = Path(manifest_path) if manifest_path is not None else default_manifest_path()
+    manifest = load_manifest(path) if path.exists() else Manifest()
+    names = {export.name for export in exports}
+    replaced = {export.name for export in exports if export.kind == 'full'}
+    stale = [a for a in manifest if a.parent in replaced and a.name not in names]
+    published = [a.name for a in stale if not isinstance(a.location, PackageLocation)]
+    if published:
+        raise TimmCodedError(f'shipping {", ".join(sorted(replaced))} again would orphan {", ".join(published)} '
+                             '(published from the previous weights): ship a new classifier for each, or drop '
+                             'them from the manifest first')
+    root = PACKAGE_DIR / subdir
+    root.mkdir(parents=True, exist_ok=True)
+    staging: Dict[str, Path] = {}        # artifact name -> our staging folder (new copy, then the old one)
+    swapped: List[Tuple[Path, Path]] = []  # (package folder, where its previous content waits)
+    try:
+        for name in [e.name for e in exports] + [a.name for a in stale]:
+            staging[name] = Path(tempfile.mkdtemp(prefix=f'.{name}.', suffix='.tmp', dir=root))
+        artifacts = []
+        for export in exports:
+            shutil.copytree(export.folder, staging[export.name] / 'new')
+            artifacts.append(read_export(staging[export.name] / 'new').to_artifact_at(
+                PackageLocation(f'{subdir}/{export.name}')))
+        targets = [(e.name, root / e.name) for e in exports] + [(a.name, a.location.resolve()) for a in stale]
+        for name, target in targets:
+            if target.exists():
+                os.replace(target, staging[name] / 'old')
+                swapped.append((target, staging[name] / 'old'))
+            else:
+                swapped.append((target, None))
+            if name in names:
+                os.replace(staging[name] / 'new', target)
+        for artifact in stale:
+            manifest = manifest.without(artifact.name)
+        for artifact in artifacts:
+            manifest = manifest.with_artifact(artifact)
+        save_manifest(manifest, path)
+    except BaseException:
+        for target, previous in reversed(swapped):  # put every package folder back as it was
+            if target.exists():
+                shutil.rmtree(target)  # the copy this call moved in
+            if previous is not None:
+                os.replace(previous, target)
+        for folder in staging.values():
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    for folder in staging.values():  # the previous folders, now replaced
+        shutil.rmtree(folder)
     return artifacts
+
+

@@ -428,6 +428,11 @@ class Manifest:
             artifacts.append(artifact)
         return Manifest(tuple(artifacts))
 
+    def without(self, name: str) -> 'Manifest':
+        """A new manifest without the artifact `name` (which must be there)."""
+        self.get(name)
+        return Manifest(tuple(a for a in self.artifacts if a.name != name))
+
     @classmethod
     def from_dict(cls, d: Any, where: str = 'weights_manifest') -> 'Manifest':
         _check_keys(d, where, ('schema_version', 'artifacts'))
