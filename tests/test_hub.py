@@ -188,7 +188,7 @@ def test_publish_uploads_a_card_that_says_where_it_is_published(exports):
     assert "model = timm.create_model('hf-hub:acme/coded-toy@binary-c', pretrained=True).eval()" in text
     full = ModelCard(cards['main'].data.decode('utf-8')).text
     assert "model = timm.create_model('hf-hub:acme/coded-toy@main', pretrained=True).eval()" in full
-    assert 'the `binary-<class>` branches of `acme/coded-toy`' in full
+    assert 'the `binary-<class>` and `subset-<name>` branches of `acme/coded-toy`' in full
     # the card the plan sends is the one it hashes (the export's own README.md is not sent)
     for commit in plan.commits:
         (op,) = [op for op in commit.operations if op.path_in_repo == 'README.md']
