@@ -107,3 +107,30 @@ def test_a_published_classifier_of_the_previous_weights_is_refused(exported, pac
     with pytest.raises(TimmCodedError, match='would orphan coded_resnext17_10x2d_binary.toy_dog'):
         ship_in_package(second, manifest_path=manifest_path)
     assert state(root, manifest_path) == before
+
+
+def test_a_shipped_binary_loads_by_its_timm_name_with_every_recorded_parent_option(exported, package, monkeypatch):
+    """The parent's options that shape the weights (here its classifier bias) reach the sliced twin
+    built from a manifest tag, as they do through `local-dir:`."""
+    import timm
+    import torch
+    from timm_coded.models.binary import gate_to_class
+
+    root, manifest_path = package
+    images = exported[0][0].parent.parent / 'images'
+    parent = randomised(head_bias=True)
+    folders = export_model(parent, root.parent / 'biased', architecture='coded_resnext17_10x2d',
+                           card={'repo_id': 'acme/toy', 'tag': 'toy'}, classes=['cat'],
+                           data=calibration_data(parent, images, batch_size=40))
+    shipped = ship_in_package(folders, manifest_path=manifest_path)
+    monkeypatch.setenv(manifest_module.MANIFEST_ENV, str(manifest_path))
+    cat = shipped[1]
+    assert cat.model_args['head_bias'] is True
+    binary = timm.create_model('coded_resnext17_10x2d_binary', pretrained=True, pretrained_cfg=dict(
+        architecture=cat.architecture, tag=cat.tag, file=str(cat.location.resolve() / 'model.safetensors'),
+        num_classes=1)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad(), gate_to_class(parent, 3):
+        expected = parent(x)[:, 3]
+    with torch.no_grad():
+        torch.testing.assert_close(binary(x)[:, 0], expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))

@@ -126,17 +126,16 @@ def _default_present_subnns(parent: str, class_index: int) -> List[Optional[List
     return present
 
 
-def sliced_twin_kwargs(twin: str, parent: str, pretrained: bool, kwargs: Dict[str, Any],
-                       artifact_keys: Sequence[str]) -> Tuple[Any, Any]:
+def sliced_twin_kwargs(twin: str, parent: str, pretrained: bool, kwargs: Dict[str, Any]) -> Tuple[Any, Any]:
     """What every sliced twin (binary, subset) does first: with pretrained=True, the manifest
-    artifact of `<twin>.<tag>` fills in the constructor arguments `artifact_keys` that say which
-    classes (and so which subNNs) its weights belong to; a given parent_architecture must be this
-    twin's parent. Edits `kwargs` in place; returns the pretrained cfg and the artifact."""
+    artifact of `<twin>.<tag>` fills in every constructor argument it records (which classes, so
+    which subNNs, and the parent's options that shape the weights, e.g. head_bias), as a load of the
+    same folder by `local-dir:` does; the caller's own arguments win. A given parent_architecture
+    must be this twin's parent. Edits `kwargs` in place; returns the pretrained cfg and the artifact."""
     cfg, artifact = manifest_artifact_for(twin, pretrained, kwargs)
     if artifact is not None:
-        for key in artifact_keys:
-            if key in artifact.model_args:
-                kwargs.setdefault(key, artifact.model_args[key])
+        for key, value in artifact.model_args.items():
+            kwargs.setdefault(key, value)
     parent_arg = kwargs.pop('parent_architecture', None)
     if parent_arg is not None and _CANONICAL.get(parent_arg, parent_arg) != parent:
         raise ValueError(f'parent_architecture={parent_arg!r} does not match {twin}')
@@ -164,8 +163,7 @@ def parent_model_args(parent: str, kwargs: Dict[str, Any], cfg: Any, artifact: A
 def _create_binary(parent: str, pretrained: bool = False, **kwargs) -> CodedBinaryClassifier:
     # without an artifact (random weights), class 0's path is built
     twin = binary_architecture(parent)
-    cfg, artifact = sliced_twin_kwargs(
-        twin, parent, pretrained, kwargs, ('class_index', 'present_subnns', 'threshold', 'class_name'))
+    cfg, artifact = sliced_twin_kwargs(twin, parent, pretrained, kwargs)
     class_index = int(kwargs.pop('class_index', 0))
     present = kwargs.pop('present_subnns', None)
     if present is None:  # the class's path through the parent's built-in schemes

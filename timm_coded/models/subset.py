@@ -121,8 +121,7 @@ def _union(scheme, class_indices: Sequence[int]) -> List[int]:
 
 def _create_subset(parent: str, pretrained: bool = False, **kwargs) -> CodedSubsetClassifier:
     twin = subset_architecture(parent)
-    cfg, artifact = sliced_twin_kwargs(
-        twin, parent, pretrained, kwargs, ('class_indices', 'class_names', 'present_subnns', 'threshold', 'subset_name'))
+    cfg, artifact = sliced_twin_kwargs(twin, parent, pretrained, kwargs)
     # without classes: every class, i.e. the whole network (what timm's generic tests build)
     class_indices = [int(k) for k in kwargs.pop('class_indices', range(MODEL_ARCHS[parent]['num_classes']))]
     present = kwargs.pop('present_subnns', None)
