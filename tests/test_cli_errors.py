@@ -338,3 +338,16 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path):
     assert proc.returncode == 130, stderr
     assert stderr.strip().splitlines()[-1] == 'interrupted' and 'Traceback' not in stderr
     assert list(tmp_path.iterdir()) == []  # no scheme, no hidden .tmp leftovers
+
+
+def test_publish_refuses_an_export_dir_that_holds_files_before_any_work(capsys, tmp_path):
+    checkpoint = tmp_path / 'model.safetensors'
+    checkpoint.write_bytes(b'never read: the refusal comes first')
+    export_dir = tmp_path / 'mine'
+    export_dir.mkdir()
+    (export_dir / 'full').mkdir()
+    (export_dir / 'full' / 'notes.txt').write_text('precious')
+    one_line_error(capsys, main(['publish', str(checkpoint), '--model', 'coded_resnext17_10x2d', '--tag', 't',
+                                 '--repo', 'org/name', '--export-dir', str(export_dir), '--dry-run']),
+                   'publish', f'{export_dir} already exists and is not an empty folder')
+    assert (export_dir / 'full' / 'notes.txt').read_text() == 'precious'

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from timm_coded.errors import DataError
+from timm_coded.errors import DataError, TimmCodedError
 from timm_coded.hub import read_export
 from timm_coded.models.binary import gate_to_class
 from timm_coded.pipeline import calibration_data, export_model
@@ -48,3 +48,38 @@ def test_export_model_without_classes_needs_no_data(tmp_path):
     folders = export_model(randomised(), tmp_path, architecture='coded_resnext17_10x2d',
                            card={'repo_id': 'acme/toy', 'tag': 'toy'}, classes='none')
     assert [f.name for f in folders] == ['full']
+
+
+def test_export_model_never_writes_into_a_folder_that_holds_files(tmp_path):
+    (tmp_path / 'full').mkdir()
+    (tmp_path / 'full' / 'notes.txt').write_text('precious')
+    with pytest.raises(TimmCodedError, match='already exists and is not an empty folder'):
+        export_model(randomised(), tmp_path, architecture='coded_resnext17_10x2d',
+                     card={'repo_id': 'acme/toy', 'tag': 'toy'}, classes='none')
+    assert (tmp_path / 'full' / 'notes.txt').read_text() == 'precious'
+
+
+def test_an_export_whose_final_move_fails_puts_the_previous_one_back(tmp_path, monkeypatch):
+    import os
+
+    from timm_coded.hub import export_artifact
+    from timm_coded.hub.export import sha256_file
+
+    card = {'repo_id': 'acme/toy', 'tag': 'toy'}
+    model = randomised()
+    folder = export_artifact(model, tmp_path / 'full', architecture='coded_resnext17_10x2d', model_args={},
+                             label_names=model.class_names, card=card)
+    before = sha256_file(folder / 'model.safetensors')
+    real_replace = os.replace
+
+    def refuse_the_new_folder(src, dst):
+        if str(src).endswith('.tmp'):
+            raise OSError('no space left')
+        return real_replace(src, dst)
+    monkeypatch.setattr(os, 'replace', refuse_the_new_folder)
+    with pytest.raises(OSError, match='no space left'):
+        export_artifact(randomised(seed=1), folder, architecture='coded_resnext17_10x2d', model_args={},
+                        label_names=model.class_names, card=card, overwrite=True)
+    monkeypatch.undo()
+    assert sha256_file(folder / 'model.safetensors') == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['full']  # no staging or trash folder left

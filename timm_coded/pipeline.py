@@ -96,6 +96,13 @@ def exports_binaries(model, classes: Union[str, Sequence[Union[int, str]], None]
     return classes != 'all' or bool(coded_blocks(model))
 
 
+def check_export_dir(out: Path) -> None:
+    """`export_model` writes only into a new or empty folder: nothing of the user's is ever replaced."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise TimmCodedError(f'{out} already exists and is not an empty folder: export into a new or empty one')
+
+
 def export_model(
         model,
         out: Path,
@@ -109,8 +116,8 @@ def export_model(
         subsets: Optional[Mapping[str, Sequence[Union[int, str]]]] = None,
         progress: bool = False,
 ) -> List[Path]:
-    """Hub-ready folders: `out/full` (the model) and, unless `classes` is None/'none' or the model
-    is uncoded with classes='all', `out/binary/<class>` (sliced, calibrated on `data`); for every
+    """Hub-ready folders in `out` (new or empty): `out/full` (the model) and, unless `classes` is
+    None/'none' or the model is uncoded with classes='all', `out/binary/<class>` (sliced, calibrated on `data`); for every
     entry name -> classes of `subsets`, `out/subset/<name>`.
 
     card: the full model's card ({'repo_id', 'tag', ['dataset'], ...}); the binaries' cards take
@@ -118,6 +125,7 @@ def export_model(
     """
     from .hub.export import export_artifact
 
+    check_export_dir(out)
     label_names = list(getattr(model, 'class_names', None) or [str(i) for i in range(model.num_classes)])
     folders = [export_artifact(model, Path(out) / 'full', architecture=architecture, model_args={},
                                label_names=label_names, card=card, overwrite=True)]

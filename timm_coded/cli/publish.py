@@ -35,7 +35,7 @@ def register(subparsers) -> None:
                         'CIFAR-10 sample for CIFAR-10 models)')
     p.add_argument('--dataset', help='training dataset name, for the model cards')
     p.add_argument('--export-dir', type=Path, metavar='DIR',
-                   help='where a checkpoint is exported (default: a temp folder)')
+                   help='where a checkpoint is exported: a new or empty folder (default: a temp folder)')
     p.add_argument('--manifest', type=Path, metavar='PATH',
                    help='weights manifest to update (default: the package\'s, or $TIMM_CODED_MANIFEST)')
     p.add_argument('--private', action='store_true', help='create the repo as private')
@@ -49,17 +49,21 @@ def _export_checkpoint(args, export_dir: Path) -> List[Path]:
     """Load the checkpoint (safetensors or weights-only torch) and export it and its binaries
     (thresholds calibrated on --data-dir's train split, as `timm-coded extract` does)."""
     from ..models.binary import load_checkpoint
-    from ..pipeline import calibration_data, export_model, exports_binaries
+    from ..models.coded_resnext import canonical_architecture
+    from ..pipeline import calibration_data, check_export_dir, export_model, exports_binaries
 
     if not args.model or not args.tag:
         raise TimmCodedError('publishing a checkpoint needs --model NAME and --tag TAG')
+    check_export_dir(export_dir)  # before any work
     model = load_checkpoint(args.model, args.sources[0]).eval()
     classes = 'none' if args.classes == ['none'] else 'all' if not args.classes or args.classes == ['all'] \
         else args.classes
     data = calibration_data(model, args.data_dir, model_name=args.model) \
         if exports_binaries(model, classes) else None  # before any work
     card = {'repo_id': args.repo, 'tag': args.tag, **({'dataset': args.dataset} if args.dataset else {})}
-    return export_model(model, export_dir, architecture=args.model.split('.', 1)[0], card=card, classes=classes,
+    # the canonical name: the binaries' cards name their parent by it (an alias would not match)
+    architecture = canonical_architecture(args.model.split('.', 1)[0])
+    return export_model(model, export_dir, architecture=architecture, card=card, classes=classes,
                         data=data, checkpoint=Path(args.sources[0]), progress=True)
 
 

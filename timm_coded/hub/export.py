@@ -391,7 +391,12 @@ def export_artifact(
         if out_dir.exists():
             trash = Path(tempfile.mkdtemp(prefix=f'.{out_dir.name}.', suffix='.old', dir=out_dir.parent))
             os.replace(out_dir, trash / 'old')
-            os.replace(tmp, out_dir)
+            try:
+                os.replace(tmp, out_dir)
+            except BaseException:
+                os.replace(trash / 'old', out_dir)  # the previous export back where it was
+                trash.rmdir()
+                raise
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(tmp, out_dir)
