@@ -1,5 +1,6 @@
 """The README's main job (`timm-coded demo`) end to end, on a small slice of the shipped sample."""
 import json
+from pathlib import Path
 
 import timm
 import torch
@@ -43,6 +44,7 @@ def test_demo_trains_evaluates_slices_and_reports(tmp_path, capsys):
     for k, name in enumerate(parent.class_names):
         export = read_export(out / 'binary_classifiers' / name)
         assert export.meta['binary']['class_name'] == name
+        assert export.meta['training']['dataset'] == 'cifar10'  # the shipped sample: the demo knows the dataset
         binary = timm.create_model(f'local-dir:{out / "binary_classifiers" / name}', pretrained=True).eval()
         with torch.no_grad(), gate_to_class(parent, k):
             expected = parent(x)[:, k]
@@ -77,3 +79,10 @@ def test_demo_refuses_a_model_whose_class_count_differs_from_the_data(tmp_path, 
     err = capsys.readouterr().err
     assert 'has 10 classes' in err and 'the model (coded_resnext29_20x6d) has 100 outputs' in err
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_demo_cards_name_no_dataset_for_a_users_images():
+    from timm_coded.demo import DemoConfig, _hub_card
+
+    assert 'dataset' not in _hub_card(DemoConfig(data_dir=Path('my_images')))
+    assert _hub_card(DemoConfig())['dataset'] == 'cifar10'

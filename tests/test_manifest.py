@@ -255,3 +255,15 @@ def test_a_subset_entry_whose_model_args_disagree_with_its_block_is_refused(arg,
     Artifact.from_dict(subset, 'entry')  # as shipped: consistent
     with pytest.raises(ManifestError, match=f'entry.model_args.{arg}: .* disagrees with the subset block'):
         Artifact.from_dict(dict(subset, model_args=dict(subset['model_args'], **{arg: value})), 'entry')
+
+
+def test_a_folder_artifact_must_keep_the_weights_timm_reads():
+    """load_artifact builds a folder artifact with timm's local-dir:, which reads model.safetensors by
+    name: another verified weights file would not be the one loaded, so the entry is refused."""
+    from timm_coded.hub import load_artifact
+
+    entry = _full(location={'type': 'package', 'path': 'weights/x'}, files=[
+        {'path': 'config.json', 'sha256': SHA_A, 'size': 10},
+        {'path': 'weights.safetensors', 'sha256': SHA_B, 'size': 1000}])
+    with pytest.raises(ManifestError, match='keeps its weights in model.safetensors, not weights.safetensors'):
+        load_artifact(Artifact.from_dict(entry, 'entry'))

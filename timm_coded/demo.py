@@ -151,12 +151,18 @@ def _run(cfg: DemoConfig, tmp: Path, log):
     folders = extract_binary_classifiers(
         model, 'all', tmp / 'binary_classifiers', calib_loader, val_loader,
         checkpoint=tmp / 'checkpoint' / 'model.safetensors', calibration_source=f'the training split ({split})',
-        seed=cfg.seed, results=report.binary, hub_card={'repo_id': f'local/{cfg.model}-demo', 'tag': 'demo', 'dataset': 'cifar10'},
+        seed=cfg.seed, results=report.binary, hub_card=_hub_card(cfg),
         progress=cfg.progress)
 
     (tmp / 'README.md').write_text(_report_markdown(cfg, report, report_dict, figures, folders, tmp,
                                                     binary_architecture(cfg.model)))
     return report, report_dict
+
+
+def _hub_card(cfg: DemoConfig) -> Dict[str, str]:
+    """The binaries' card fields: the dataset only where the demo knows it (its shipped sample)."""
+    card = {'repo_id': f'local/{cfg.model}-demo', 'tag': 'demo'}
+    return card if cfg.data_dir is not None else dict(card, dataset='cifar10')
 
 
 def _threshold(v: Optional[float]) -> str:

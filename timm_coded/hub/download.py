@@ -90,8 +90,13 @@ def load_artifact(
     import timm
 
     artifact = _resolve_artifact(artifact, manifest)
+    folder_load = artifact.file(CONFIG_NAME) is not None
+    if folder_load and artifact.weights_file.path != 'model.safetensors':
+        # timm's local-dir: reads model.safetensors (or another name) by itself, not the file verified here
+        raise ManifestError(f'{artifact.name}: a folder artifact (with {CONFIG_NAME}) keeps its weights in '
+                            f'model.safetensors, not {artifact.weights_file.path}')
     folder = download_artifact(artifact, cache_dir=cache_dir)
-    if artifact.file(CONFIG_NAME) is not None:
+    if folder_load:
         model = timm.create_model(f'local-dir:{folder}', pretrained=True, **kwargs)
     else:
         weights = folder / artifact.weights_file.path
