@@ -650,3 +650,40 @@ def test_cli_publishes_a_coded_checkpoint_with_calibrated_binaries_dry_run(hub_c
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad(), gate_to_class(model, 3):
         assert_close_at_scale(cat(x)[:, 0], model(x)[:, 3])
+
+
+def test_hf_hub_names_of_manifest_artifacts_load_the_pinned_commit_verified(hub_client, tmp_path, monkeypatch):
+    """`timm.create_model('hf-hub:<repo>@<branch>')` (what a published card shows) of an artifact in
+    the manifest loads the commit the manifest pins, sha256-verified, even after the branch moved;
+    a repo the manifest does not list is loaded as timm loads it."""
+    import timm_coded  # noqa: F401 (registers the coded models)
+    from conftest import randomised
+    from timm_coded.hub.manifest import MANIFEST_ENV, save_manifest
+
+    name, repo = 'coded_resnext17_10x2d', 'acme/pinned'
+    card = {'repo_id': repo, 'tag': 'toy'}
+    trusted, other = randomised(), randomised(seed=1)
+    folders = {key: export_artifact(m, tmp_path / key, architecture=name, model_args={},
+                                    label_names=m.class_names, card=card)
+               for key, m in (('trusted', trusted), ('other', other))}
+    artifact = _published(hub_client, repo, folders['trusted'])
+    save_manifest(Manifest((artifact,)), tmp_path / 'm.json')
+    monkeypatch.setenv(MANIFEST_ENV, str(tmp_path / 'm.json'))
+    hub_client.commit_files(repo, folders['other'], 'main')  # the branch moves on after the manifest pinned it
+    hub_client.commit_files('acme/unlisted', folders['other'], 'main')
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for ref in (f'{repo}@main', repo, f'{repo}@{artifact.location.commit}'):
+            loaded = timm.create_model(f'hf-hub:{ref}', pretrained=True).eval()
+            assert torch.equal(loaded(x), trusted(x)), ref
+            assert artifact.location.commit in loaded.pretrained_cfg['file'], ref  # the pinned snapshot
+        unlisted = timm.create_model('hf-hub:acme/unlisted@main', pretrained=True).eval()
+        assert torch.equal(unlisted(x), other(x))
+
+    # the pinned copy in the cache is checked on this path too
+    blob = Path(timm.create_model(f'hf-hub:{repo}@main', pretrained=True).pretrained_cfg['file']).resolve()
+    data = bytearray(blob.read_bytes())
+    data[100] ^= 1
+    blob.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError):
+        timm.create_model(f'hf-hub:{repo}@main', pretrained=True)

@@ -588,9 +588,18 @@ def manifest_artifact_for(variant: str, pretrained: bool, kwargs: Dict[str, Any]
     except (ManifestError, KeyError):
         return cfg, None
     location = artifact.location
+    if cfg.get('source') == 'hf-hub':
+        # `hf-hub:<repo>@<branch or commit>` of a published artifact (what its model card shows): the
+        # manifest pins the commit to trust, so that commit is loaded, verified; another repo or
+        # revision is the caller's to vouch for
+        repo, _, revision = str(cfg.get('hf_hub_id') or '').partition('@')
+        if not isinstance(location, HubLocation) or location.repo_id != repo \
+                or (revision or 'main') not in (location.revision, location.commit):
+            return cfg, None
+        return dict(cfg, source=''), artifact  # '': timm then loads the verified `file`, not the branch
     expected_file = None if isinstance(location, HubLocation) else str(
         location.resolve().joinpath(*artifact.weights_file.path.split('/')))
-    if cfg.get('file') not in (None, expected_file) or cfg.get('source') in ('hf-hub', 'local-dir'):
+    if cfg.get('file') not in (None, expected_file) or cfg.get('source') == 'local-dir':
         return cfg, None  # the caller substituted other weights: theirs to vouch for
     return cfg, artifact
 
