@@ -7,7 +7,7 @@ import torch
 from timm_coded.errors import DataError, TimmCodedError
 from timm_coded.hub import read_export
 from timm_coded.models.binary import gate_to_class
-from timm_coded.pipeline import calibration_data, export_model
+from timm_coded.pipeline import calibration_data, export_model, extract_binary_classifiers
 from conftest import assert_close_at_scale, randomised
 
 
@@ -83,3 +83,28 @@ def test_an_export_whose_final_move_fails_puts_the_previous_one_back(tmp_path, m
     monkeypatch.undo()
     assert sha256_file(folder / 'model.safetensors') == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ['full']  # no staging or trash folder left
+
+
+def test_class_names_become_valid_pretrained_tags(tmp_path):
+    """'T-shirt' or 'St. Bernard' end tags in [a-z0-9_], as timm and the manifest require."""
+    import shutil
+
+    from timm_coded.data import sample_data_dir
+
+    names = ['T-shirt', 'St. Bernard'] + [f'class {k}' for k in range(2, 10)]
+    model = randomised(class_names=names)
+    for split, count in (('train', 3), ('val', 2)):
+        for name, folder in zip(names, sorted((sample_data_dir() / split).iterdir())):
+            (tmp_path / 'images' / split / name).mkdir(parents=True)
+            for source in sorted(folder.iterdir())[:count]:
+                shutil.copyfile(source, tmp_path / 'images' / split / name / source.name)
+    data = calibration_data(model, tmp_path / 'images', batch_size=40)
+    with pytest.raises(TimmCodedError, match=r"card tag 'Toy-1' must match \[a-z0-9\]"):  # before calibrating
+        extract_binary_classifiers(model, names[:2], tmp_path / 'bad', data.calibration,
+                                   hub_card={'repo_id': 'acme/toy', 'tag': 'Toy-1'})
+    assert not (tmp_path / 'bad').exists()
+    folders = export_model(model, tmp_path / 'out', architecture='coded_resnext17_10x2d',
+                           card={'repo_id': 'acme/toy', 'tag': 'toy'}, classes=names[:2], data=data)
+    assert [read_export(f).name for f in folders[1:]] == [
+        'coded_resnext17_10x2d_binary.toy_t_shirt', 'coded_resnext17_10x2d_binary.toy_st_bernard']
+    assert [f.name for f in folders[1:]] == ['T-shirt', 'St._Bernard']

@@ -22,7 +22,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 from ._io import StagedOutput
 from .errors import DataError, TimmCodedError
-from .hub.export import sha256_file
+from .hub.export import check_card_names, sha256_file
 
 __all__ = ['calibration_data', 'CalibrationData', 'exports_binaries', 'export_model', 'extract_binary_classifiers',
            'extract_subset_classifiers', 'AtomicOutput', 'folder_name']
@@ -32,9 +32,19 @@ VAL_FOLDERS = ('val', 'valid', 'validation', 'eval', 'evaluation')
 
 
 def folder_name(name: str) -> str:
-    """A class name as a safe folder / tag component."""
+    """A class name as a safe folder name."""
     safe = re.sub(r'[^A-Za-z0-9_.-]+', '_', name).strip('._')
     return safe or 'class'
+
+
+def tag_component(name: str) -> str:
+    """A class name as the end of a pretrained tag (timm's tags: [a-z0-9_]; 'T-shirt' -> 't_shirt')."""
+    return re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_') or 'class'
+
+
+def _unique(names: List[str], indices: Sequence[int]) -> List[str]:
+    """`names`, prefixed by their class index where two would collide."""
+    return names if len(set(names)) == len(names) else [f'{k}_{n}' for k, n in zip(indices, names)]
 
 
 class AtomicOutput(StagedOutput):
@@ -177,9 +187,11 @@ def extract_binary_classifiers(
     from .analysis.evaluation import evaluate_binary_classifiers, resolve_classes
 
     indices = resolve_classes(model, classes)
-    names = [folder_name(model.class_names[k] if model.class_names else f'class_{k}') for k in indices]
-    if len(set(names)) != len(names):
-        names = [f'{k}_{n}' for k, n in zip(indices, names)]
+    class_names = [model.class_names[k] if model.class_names else f'class_{k}' for k in indices]
+    names = _unique([folder_name(n) for n in class_names], indices)
+    tag_suffixes = _unique([tag_component(n) for n in class_names], indices)
+    if hub_card is not None:
+        check_card_names(hub_card)  # before any work
     output = AtomicOutput(out, overwrite=overwrite)
     try:
         output.check_free(names)  # before any work
@@ -192,7 +204,7 @@ def extract_binary_classifiers(
         checkpoint_info = None
         if checkpoint is not None:
             checkpoint_info = {'path': str(checkpoint), 'sha256': sha256_file(checkpoint)}
-        for result, name in zip(results, names):
+        for result, name, tag_suffix in zip(results, names, tag_suffixes):
             binary = slice_binary(model, result.class_index, threshold=result.threshold).cpu().eval()
             args = get_model_args(binary)  # timm's record of the factory arguments
             architecture = binary_architecture(args['parent_architecture'])
@@ -211,7 +223,7 @@ def extract_binary_classifiers(
                 'notes': list(notes),
             }
             card = None if hub_card is None else _sliced_card(
-                hub_card, folder_name(result.class_name).lower(), args, result, metrics, kind='binary',
+                hub_card, tag_suffix, args, result, metrics, kind='binary',
                 class_index=result.class_index, class_name=result.class_name)
             _write_sliced(binary, output.tmp / name, args, [result.class_name], metrics, card)
         output.commit(names)

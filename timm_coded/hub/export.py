@@ -96,13 +96,8 @@ def _finite(value: Any, what: str) -> float:
     return float(value)
 
 
-def _normalise_card(card: Mapping[str, Any]) -> Dict[str, Any]:
-    """Validate the user's card dict and return our `timm_coded` config block."""
-    if not isinstance(card, Mapping):
-        raise TimmCodedError(f'card must be a dict, got {type(card).__name__}')
-    unknown = sorted(set(card) - set(_CARD_KEYS))
-    if unknown:
-        raise TimmCodedError(f'unknown card key(s) {unknown}; known: {sorted(_CARD_KEYS)}')
+def check_card_names(card: Mapping[str, Any]) -> None:
+    """The card's Hub repo id and pretrained tag are well-formed (checked before any work is done)."""
     for key in ('repo_id', 'tag'):
         if not card.get(key):
             raise TimmCodedError(f"card needs '{key}': {_CARD_KEYS[key]}")
@@ -110,6 +105,16 @@ def _normalise_card(card: Mapping[str, Any]) -> Dict[str, Any]:
         raise TimmCodedError(f"card repo_id {card['repo_id']!r} is not a Hub repo id 'ORG/NAME'")
     if not _TAG_RE.match(str(card['tag'])):
         raise TimmCodedError(f"card tag {card['tag']!r} must match [a-z0-9][a-z0-9_]*")
+
+
+def _normalise_card(card: Mapping[str, Any]) -> Dict[str, Any]:
+    """Validate the user's card dict and return our `timm_coded` config block."""
+    if not isinstance(card, Mapping):
+        raise TimmCodedError(f'card must be a dict, got {type(card).__name__}')
+    unknown = sorted(set(card) - set(_CARD_KEYS))
+    if unknown:
+        raise TimmCodedError(f'unknown card key(s) {unknown}; known: {sorted(_CARD_KEYS)}')
+    check_card_names(card)
     kind = card.get('kind', 'binary' if 'class_index' in card else 'subset' if 'class_indices' in card else 'full')
     if kind not in ('full', 'binary', 'subset'):
         raise TimmCodedError(f"card kind must be 'full', 'binary' or 'subset', got {kind!r}")
