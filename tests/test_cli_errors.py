@@ -351,3 +351,26 @@ def test_publish_refuses_an_export_dir_that_holds_files_before_any_work(capsys, 
                                  '--repo', 'org/name', '--export-dir', str(export_dir), '--dry-run']),
                    'publish', f'{export_dir} already exists and is not an empty folder')
     assert (export_dir / 'full' / 'notes.txt').read_text() == 'precious'
+
+
+def test_demo_with_an_unknown_model_is_one_line(capsys, tmp_path):
+    one_line_error(capsys, main(['demo', '--model', 'no_such_model', '--epochs', '1', '--out', str(tmp_path / 'd')]),
+                   'demo', "unknown model 'no_such_model'; coded models: coded_resnext")
+    assert not (tmp_path / 'd').exists()
+
+
+@pytest.mark.parametrize('value, message', [
+    ('8', 'the exporter writes opsets 9-20, not 8'), ('21', 'the exporter writes opsets 9-20, not 21'),
+    ('x', "expected an integer, got 'x'")])
+def test_export_onnx_opset_out_of_range_is_a_usage_error(capsys, value, message):
+    usage_error(capsys, ['export-onnx', 'm', '--out', 'x.onnx', '--opset', value], f'argument --opset: {message}')
+
+
+def test_export_onnx_without_onnxruntime_says_what_to_install_before_any_work(capsys, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == 'onnxruntime' else real(name, *a))
+    one_line_error(capsys, main(['export-onnx', 'no_such_model', '--out', str(tmp_path / 'x.onnx')]), 'export-onnx',
+                   'export-onnx needs onnxruntime: pip install onnxruntime')
+

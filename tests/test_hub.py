@@ -687,3 +687,12 @@ def test_hf_hub_names_of_manifest_artifacts_load_the_pinned_commit_verified(hub_
     blob.write_bytes(bytes(data))
     with pytest.raises(IntegrityError):
         timm.create_model(f'hf-hub:{repo}@main', pretrained=True)
+
+
+def test_export_onnx_of_a_hub_repo_that_does_not_exist_is_one_line(hub_client, tmp_path, capsys):
+    from timm_coded.cli import main
+
+    assert main(['export-onnx', 'hf-hub:acme/no-such-repo', '--out', str(tmp_path / 'x.onnx')]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("timm-coded export-onnx: error: cannot build 'hf-hub:acme/no-such-repo'")
+    assert not (tmp_path / 'x.onnx').exists()

@@ -110,11 +110,12 @@ def _run(cfg: DemoConfig, tmp: Path, log):
 
     from .analysis import plots
     from .pipeline import extract_binary_classifiers
-    from .models.binary import binary_architecture
+    from .models.binary import binary_architecture, check_registered
     from .analysis.evaluation import evaluate
     from .training.trainer import TrainConfig, history_as_dicts, train_model
 
     torch.manual_seed(cfg.seed)
+    check_registered(cfg.model)
     model = timm.create_model(cfg.model)
     if not getattr(model, 'schemes', None) or all(s is None for s in model.schemes):
         raise TimmCodedError(f'{cfg.model} is not a coded model')

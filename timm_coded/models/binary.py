@@ -511,6 +511,15 @@ def _guess_architecture(found: Dict[str, Tuple[int, ...]]) -> Optional[str]:
     return None
 
 
+def check_registered(model_name: str) -> None:
+    """A one-line error for a name timm does not know (timm's own is a RuntimeError with a traceback)."""
+    import timm
+
+    if not is_model(model_name):
+        known = ', '.join(timm.list_models('coded_*'))
+        raise TimmCodedError(f'unknown model {model_name!r}; coded models: {known}')
+
+
 def load_checkpoint(model_name: str, path: Union[str, os.PathLike], use_ema: bool = False,
                     **model_kwargs: Any) -> nn.Module:
     """`timm.create_model(model_name, **model_kwargs)` with the weights of `path`, in eval mode.
@@ -521,9 +530,7 @@ def load_checkpoint(model_name: str, path: Union[str, os.PathLike], use_ema: boo
     """
     import timm
 
-    if not is_model(model_name):
-        known = ', '.join(timm.list_models('coded_*'))
-        raise TimmCodedError(f'unknown model {model_name!r}; coded models: {known}')
+    check_registered(model_name)
     state = read_state_dict(path, use_ema=use_ema)
     model = timm.create_model(model_name, **model_kwargs)
     check_state_dict(model, state, what=f'checkpoint {path}', model_name=model_name)
