@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from test_hub import exports  # noqa: F401 (the Hub tests' exported toy models, a module fixture)
 from timm_coded.cli import main
-from timm_coded.errors import CheckpointMismatchError, IntegrityError
+from timm_coded.errors import CheckpointMismatchError, IntegrityError, TimmCodedError
 from timm_coded.hub import (
     ARTIFACT_FILES, export_artifact, plan_publish, publish, read_export, sha256_file, verify_export,
 )
@@ -93,6 +93,26 @@ def test_config_naming_an_unregistered_architecture_is_refused(exports, tmp_path
     _refused(folder, CheckpointMismatchError,
              rf"^{re.escape(str(folder / 'config.json'))} names architecture 'no_such_arch', which is not "
              r'registered with timm \(import the module that registers it\)$')
+
+
+@pytest.mark.parametrize('change, message', [
+    (lambda c: c.clear() or c.update(timm_coded={'format': 1}), 'names no architecture'),
+    (lambda c: c['timm_coded'].pop('kind'), 'its timm_coded block lacks kind'),
+    (lambda c: c['timm_coded'].update(repo_id=None, tag=3), 'its timm_coded block lacks repo_id, tag'),
+    (lambda c: c['timm_coded'].update(kind='half'), "kind 'half' is not 'full', 'binary' or 'subset'"),
+    (lambda c: c['timm_coded'].update(kind='binary'), "a binary artifact needs its 'binary' block"),
+])
+def test_a_config_without_what_publishing_reads_is_one_line(exports, tmp_path, change, message):
+    folder = _copy(exports, tmp_path)
+    config = json.loads((folder / 'config.json').read_text())
+    change(config)
+    (folder / 'config.json').write_text(json.dumps(config))
+    with pytest.raises(TimmCodedError, match=re.escape(message)) as info:
+        read_export(folder)
+    assert '\n' not in str(info.value)
+    (folder / 'config.json').write_text('[1, 2]')  # valid JSON, not an object
+    with pytest.raises(TimmCodedError, match='has no timm_coded block'):
+        read_export(folder)
 
 
 def test_a_nan_weight_is_refused(exports, tmp_path):

@@ -508,6 +508,19 @@ class ExportedArtifact:
             metrics=dict(self.meta.get('metrics', {})), training=dict(self.meta.get('training', {})), parent=parent)
 
 
+def _check_export_config(config: Dict[str, Any], meta: Dict[str, Any], where: Path) -> None:
+    """What an exported folder's readers use: the architecture, and the block's names and kind."""
+    if not isinstance(config.get('architecture'), str):
+        raise TimmCodedError(f'{where} names no architecture')
+    missing = [k for k in ('repo_id', 'tag', 'kind') if not isinstance(meta.get(k), str)]
+    if missing:
+        raise TimmCodedError(f'{where}: its timm_coded block lacks {", ".join(missing)}')
+    if meta['kind'] not in ('full', 'binary', 'subset'):
+        raise TimmCodedError(f"{where}: kind {meta['kind']!r} is not 'full', 'binary' or 'subset'")
+    if meta['kind'] != 'full' and not isinstance(meta.get(meta['kind']), dict):
+        raise TimmCodedError(f"{where}: a {meta['kind']} artifact needs its '{meta['kind']}' block")
+
+
 def read_export(folder: PathLike) -> ExportedArtifact:
     """Read and check a folder written by `export_artifact`."""
     folder = Path(folder)
@@ -520,9 +533,10 @@ def read_export(folder: PathLike) -> ExportedArtifact:
         config = json.loads((folder / CONFIG_NAME).read_text(encoding='utf-8'))
     except json.JSONDecodeError as e:
         raise TimmCodedError(f'{folder / CONFIG_NAME}: not valid JSON: {e}') from None
-    meta = config.get(META_KEY)
+    meta = config.get(META_KEY) if isinstance(config, dict) else None
     if not isinstance(meta, dict) or meta.get('format') != META_FORMAT:
         raise TimmCodedError(f'{folder / CONFIG_NAME} has no timm_coded block; was it written by export_artifact?')
+    _check_export_config(config, meta, folder / CONFIG_NAME)
     files = tuple(LocalFile.of(folder, n) for n in ARTIFACT_FILES)
     return ExportedArtifact(folder, config, meta, files)
 
