@@ -144,7 +144,7 @@ def _continue_from(run: Path, model, model_name: str, model_kwargs: dict) -> tup
     """Load a run's weights into `model` (checked: every tensor, same shapes, finite) and return its
     history and stages, after checking it trained the same model and variant."""
     from timm_coded.models.binary import check_state_dict, check_weight_values, read_state_dict
-    from timm_coded.training.runs import read_run, stage_epochs
+    from timm_coded.training.runs import read_run, run_stages, stage_epochs
 
     record = read_run(run)
     if (record['model'], record['model_kwargs']) != (model_name, model_kwargs):
@@ -156,7 +156,7 @@ def _continue_from(run: Path, model, model_name: str, model_kwargs: dict) -> tup
     check_weight_values(model, state, what=f'checkpoint {checkpoint}')
     model.load_state_dict(state, strict=True)
     stages = [dict(stage, epochs_run=ran) for stage, ran in
-              zip(record.get('stages') or [record['args']], stage_epochs(record))]
+              zip(run_stages(record), stage_epochs(record))]
     return list(record['history']), stages
 
 

@@ -24,7 +24,7 @@ from timm_coded.pipeline import CalibrationData, export_model
 from timm_coded.hub import ship_in_package
 from timm_coded.analysis.plots import save_report_plots
 from timm_coded.errors import TimmCodedError
-from timm_coded.training.runs import CHECKPOINT_NAME, read_run, stage_epochs
+from timm_coded.training.runs import CHECKPOINT_NAME, read_run, run_stages, stage_epochs
 
 
 def main() -> None:
@@ -57,7 +57,7 @@ def ship(args: argparse.Namespace) -> None:
     if history['model_kwargs']:  # the package's config.json records the registered architecture only
         raise TimmCodedError(f'{args.run} trained {arch} with {history["model_kwargs"]}: register that '
                              'architecture to ship it (shipped weights load as the registered one)')
-    stages = history.get('stages') or [history['args']]  # more than one: warm restarts (--init-from)
+    stages = run_stages(history)  # more than one: warm restarts (--init-from)
     held_out = {stage.get('holdout_per_class', 500) for stage in stages}
     if held_out != {args.holdout_per_class}:  # else the metrics would be measured on training images
         raise TimmCodedError(f'{args.run} held out {sorted(held_out)} images per class, '
@@ -118,7 +118,7 @@ def _per_stage(stages: list, key: str):
 
 def _schedule(record: dict) -> str:
     """The learning-rate schedule in words, one clause per training stage (the epochs it ran)."""
-    stages = record.get('stages') or [record['args']]
+    stages = run_stages(record)
     clauses, first = [], 1
     for i, (stage, ran) in enumerate(zip(stages, stage_epochs(record))):
         last = first + ran - 1

@@ -1,3 +1,4 @@
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -43,3 +44,11 @@ def randomised(name: str = 'coded_resnext17_10x2d', seed: int = 0, **kwargs) -> 
             m.running_mean.uniform_(-0.3, 0.3)
             m.running_var.uniform_(0.5, 2.0)
     return model.eval()
+
+
+def load_script(path: Path, name: str = ''):
+    """A script that is not a module of the package (benchmarks/, scripts/), imported from its file."""
+    spec = importlib.util.spec_from_file_location(name or f'_under_test_{path.stem}', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -7,7 +7,6 @@ train.py (timm's train.py is not in the wheel): the stub proves that the wrapper
 real copy of timm's train.py (TIMM_CODED_TIMM_SCRIPTS=DIR, or .gpu-carry/timm-scripts/ as
 benchmarks/gpu/prepare_carry.py leaves it) one more test runs it for 2 steps on the CPU.
 """
-import importlib.util
 import io
 import json
 import math
@@ -22,6 +21,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / 'benchmarks' / 'gpu' / 'oneshot.py'
@@ -85,10 +86,7 @@ def run_oneshot(tmp: Path, *extra: str, timeout: int = 300) -> subprocess.Comple
 
 
 def load_oneshot_module():
-    spec = importlib.util.spec_from_file_location('oneshot_under_test', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, 'oneshot_under_test')
 
 
 @pytest.fixture(scope='module')

@@ -1,7 +1,6 @@
 """The zoo's training runs (benchmarks/cifar10_zoo.py) and their shipping (scripts/ship_weights.py):
 a warm restart continues a run without touching it, and every refusal is one line before anything
 is written. Real images (the package's CIFAR-10 sample), a tiny model, one epoch per stage."""
-import importlib.util
 import json
 import shutil
 import sys
@@ -12,17 +11,11 @@ import torch
 
 from timm_coded.hub.export import sha256_file
 from timm_coded.training.runs import read_run, stage_epochs
+from conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / 'timm_coded' / 'data' / 'cifar10_sample' / 'train'
 PER_CLASS = 20  # of the sample's real images: the first 10 of each class are trained on, the last 10 held out
-
-
-def load_script(path: Path):
-    spec = importlib.util.spec_from_file_location(f'_under_test_{path.stem}', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope='module')

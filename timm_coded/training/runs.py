@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Union
 
 from ..errors import IntegrityError, TimmCodedError
 
-__all__ = ['HISTORY_NAME', 'CHECKPOINT_NAME', 'read_run', 'stage_epochs']
+__all__ = ['HISTORY_NAME', 'CHECKPOINT_NAME', 'read_run', 'run_stages', 'stage_epochs']
 
 HISTORY_NAME = 'history.json'
 CHECKPOINT_NAME = 'model.safetensors'
@@ -55,13 +55,19 @@ def read_run(folder: Union[str, Path]) -> Dict[str, Any]:
     return record
 
 
+def run_stages(record: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The arguments of each training stage of a run record (records from before warm restarts
+    existed hold one stage, as `args`)."""
+    return list(record.get('stages') or [record.get('args') or {}])
+
+
 def stage_epochs(record: Dict[str, Any]) -> List[int]:
     """Epochs each training stage of a run record ran, in order (one stage unless warm restarts).
 
     A stage records `epochs_run` as it goes; older records only their planned `epochs`, which are
     taken as run when they add up to the history's length.
     """
-    stages = record.get('stages') or [record.get('args') or {}]
+    stages = run_stages(record)
     num_epochs = len(record['history'])
     if all('epochs_run' in s for s in stages):
         ran = [int(s['epochs_run']) for s in stages]
