@@ -9,9 +9,10 @@ Inference is a forward under `torch.inference_mode()` in eval mode.
 
 `--with-float32-energies` adds a third variant, interleaved in the same rounds: the coded model
 computing its second moments in float32 on every path (what timm-coded 0.1 did under autocast),
-for a before/after comparison free of run-to-run drift.
+for a before/after comparison free of run-to-run drift. `--compile` runs every model's forward
+through `torch.compile` (inductor; the backward is compiled with it), coded and uncoded alike.
 
-    python benchmarks/bench_coding_cost.py [--rounds 7] [--threads 1] [--nets NAME ...] [--paths 'channels_last + bf16' ...]
+    python benchmarks/bench_coding_cost.py [--rounds 7] [--threads 1] [--nets NAME ...] [--paths 'channels_last + bf16' ...] [--compile]
 """
 import argparse
 import statistics
@@ -54,9 +55,9 @@ def with_float32_energies(fn: Callable[[], None]) -> Callable[[], None]:
     return step
 
 
-def make_step(name: str, variant: str, batch: int, path: str, train: bool) -> Callable[[], None]:
+def make_step(name: str, variant: str, batch: int, path: str, train: bool, compile: bool = False) -> Callable[[], None]:
     if variant == 'coded, float32 energies':
-        return with_float32_energies(make_step(name, 'coded', batch, path, train))
+        return with_float32_energies(make_step(name, 'coded', batch, path, train, compile))
     channels_last, amp_dtype = PATHS[path]
     model = timm.create_model(name, coded=variant != 'uncoded')
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -64,12 +65,13 @@ def make_step(name: str, variant: str, batch: int, path: str, train: bool) -> Ca
     x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=fmt)
     y = torch.randint(0, model.num_classes, (batch,))
     autocast = (lambda: torch.autocast('cpu', dtype=amp_dtype)) if amp_dtype else nullcontext
+    forward = torch.compile(model) if compile else model  # hooks stay on the modules: energies still arrive
     if not train:
         model.eval()
 
         def infer() -> None:
             with torch.inference_mode(), autocast():
-                model(x)
+                forward(x)
         return infer
 
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
@@ -79,7 +81,7 @@ def make_step(name: str, variant: str, batch: int, path: str, train: bool) -> Ca
     def step() -> None:
         recorder.clear()
         with autocast():
-            logits = model(x)
+            logits = forward(x)
         loss = F.cross_entropy(logits.float(), y)
         for r in recorder.records:
             loss = loss + coding_loss(r.energies, target_codewords(y, r.block.codewords), r.block.num_active)
@@ -89,12 +91,13 @@ def make_step(name: str, variant: str, batch: int, path: str, train: bool) -> Ca
     return step
 
 
-def ratios(name: str, batch: int, path: str, train: bool, rounds: int, variants: List[str]) -> Dict[str, Tuple[float, float]]:
+def ratios(name: str, batch: int, path: str, train: bool, rounds: int, variants: List[str],
+           compile: bool = False) -> Dict[str, Tuple[float, float]]:
     """Per variant: (median seconds, median of per-round variant / uncoded ratios)."""
-    fns = {v: make_step(name, v, batch, path, train) for v in ['uncoded'] + variants}
-    for fn in fns.values():  # warm-up (oneDNN primitive creation, allocator)
-        fn()
-        fn()
+    fns = {v: make_step(name, v, batch, path, train, compile) for v in ['uncoded'] + variants}
+    for fn in fns.values():  # warm-up (compilation, oneDNN primitive creation, allocator)
+        for _ in range(3 if compile else 2):
+            fn()
     times: Dict[str, List[float]] = {v: [] for v in fns}
     for _ in range(rounds):
         for v, fn in fns.items():
@@ -112,20 +115,21 @@ def main() -> None:
     parser.add_argument('--nets', nargs='*', default=[n for n, _, _ in NETS])
     parser.add_argument('--paths', nargs='*', choices=list(PATHS), default=list(PATHS))
     parser.add_argument('--with-float32-energies', action='store_true')
+    parser.add_argument('--compile', action='store_true', help='torch.compile every model (inductor)')
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     variants = ['coded'] + (['coded, float32 energies'] if args.with_float32_energies else [])
     print(f'torch {torch.__version__}, timm {timm.__version__}, {args.threads} thread(s), '
-          f'medians of {args.rounds} interleaved rounds')
+          f'medians of {args.rounds} interleaved rounds{", torch.compile" if args.compile else ""}')
     print('| network | path | variant | train step s (uncoded) | train ratio | inference s (uncoded) | infer ratio |')
     print('|---|---|---|---|---|---|---|')
     for name, train_batch, infer_batch in NETS:
         if name not in args.nets:
             continue
         for path in args.paths:
-            train = ratios(name, train_batch, path, True, args.rounds, variants)
-            infer = ratios(name, infer_batch, path, False, args.rounds, variants)
+            train = ratios(name, train_batch, path, True, args.rounds, variants, args.compile)
+            infer = ratios(name, infer_batch, path, False, args.rounds, variants, args.compile)
             for v in variants:
                 print(f'| {name} (B={train_batch} / {infer_batch}) | {path} | {v} '
                       f'| {train[v][0]:.3f} ({train["uncoded"][0]:.3f}) | {train[v][1]:.3f}x '

@@ -6,7 +6,11 @@ those images, then "never exit"), the batched early-exit predictor runs over all
 that exit at a coded block are not computed in the later blocks. Times are medians of interleaved
 rounds (plain forward, then each threshold), so machine load hits all alike.
 
-    python benchmarks/bench_early_exit.py --data-dir /tmp/cifar10/train [--rounds 3] [--threads 1]
+`--block-times` first prints where the plain forward spends its time, block by block, next to
+each block's share of the multiply-adds: an exit saves the time of the blocks after it, not their
+MACs.
+
+    python benchmarks/bench_early_exit.py --data-dir /tmp/cifar10/train [--rounds 3] [--threads 1] [--block-times]
 """
 import argparse
 import statistics
@@ -17,7 +21,7 @@ import timm
 
 import timm_coded  # noqa: F401
 from timm_coded.analysis.decoding import (
-    collect_outputs, count_macs, default_exit_thresholds, early_exit_predict, early_predictions,
+    collect_outputs, count_macs, default_exit_thresholds, early_exit_predict, early_predictions, network_blocks,
 )
 from timm_coded.constants import CIFAR10_MEAN, CIFAR10_STD
 from timm_coded.data import holdout_split
@@ -32,6 +36,7 @@ def main() -> None:
     parser.add_argument('--rounds', type=int, default=3)
     parser.add_argument('--threads', type=int, default=1)
     parser.add_argument('--thresholds', type=int, default=6, help='margin quantiles tried (plus never exit)')
+    parser.add_argument('--block-times', action='store_true', help='print the per-block time shares first')
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -44,6 +49,9 @@ def main() -> None:
     thresholds = default_exit_thresholds([m for _, m in early_predictions(model, outputs).values()],
                                          num=args.thresholds)
     macs = count_macs(model)
+
+    if args.block_times:
+        print_block_times(model, [x for x, _ in batches], macs, args.rounds)
 
     results = {}
 
@@ -86,6 +94,40 @@ def main() -> None:
         seconds = statistics.median(times[threshold])
         print(f'| {threshold:.3f} | {100 * accuracy:.2f} | {100 * (accuracy - base_accuracy):+.2f} '
               f'| {float(torch.cat(spent).mean()) / macs.total:.3f} | {seconds:.2f} | {seconds / base:.3f} | {shares} |')
+
+
+@torch.no_grad()
+def print_block_times(model, batches, macs, rounds: int) -> None:
+    """Per part of the network (stem, each block, head): share of the plain forward's time (sum over
+    the batches, median of `rounds` passes) and share of its MACs."""
+    parts = {name: [] for name in ['stem'] + [n for n, _ in network_blocks(model)] + ['head']}
+    for _ in range(max(rounds, 1)):
+        spent = dict.fromkeys(parts, 0.)
+        for x in batches:
+            start = time.perf_counter()
+            x = model.forward_stem(x)
+            spent['stem'] += time.perf_counter() - start
+            for name, block in network_blocks(model):
+                start = time.perf_counter()
+                x, _ = block(x, None)
+                spent[name] += time.perf_counter() - start
+            start = time.perf_counter()
+            model.forward_head(x)
+            spent['head'] += time.perf_counter() - start
+        for name, seconds in spent.items():
+            parts[name].append(seconds)
+    seconds = {name: statistics.median(v) for name, v in parts.items()}
+    total = sum(seconds.values())
+    part_macs = {'stem': macs.stem, **macs.blocks, 'head': macs.head}
+    print(f'plain forward by part ({len(batches)} batches, medians of {max(rounds, 1)} passes, {total:.2f} s):')
+    print('| part | time share | MACs share | time share if leaving after it | MACs share if leaving after it |')
+    print('|---|---|---|---|---|')
+    time_so_far = macs_so_far = 0.
+    for name in parts:
+        time_so_far += seconds[name] / total
+        macs_so_far += part_macs[name] / macs.total
+        print(f'| {name} | {seconds[name] / total:.3f} | {part_macs[name] / macs.total:.3f} '
+              f'| {time_so_far:.3f} | {macs_so_far:.3f} |')
 
 
 if __name__ == '__main__':

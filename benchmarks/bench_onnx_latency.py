@@ -6,7 +6,12 @@ random 32x32 inputs (latency does not depend on the values). Times are medians o
 rounds (parent, binary, parent, ...), per batch size; the MAC share (convs + fc, torch's flop
 counter) is what slicing removes.
 
+`--keep DIR` keeps the exported files; `--baseline DIR` times files kept that way by another
+commit in the same interleaved rounds (a before/after free of run-to-run drift) and prints their
+rows and the ratio of the two parents' times.
+
     python benchmarks/bench_onnx_latency.py [--classes cat ship] [--threads 1] [--rounds 30]
+        [--keep DIR] [--baseline DIR]
 """
 import argparse
 import statistics
@@ -37,39 +42,58 @@ def main() -> None:
     parser.add_argument('--batch-sizes', type=int, nargs='*', default=[1, 64])
     parser.add_argument('--threads', type=int, default=1)
     parser.add_argument('--rounds', type=int, default=30)
+    parser.add_argument('--keep', type=Path, help='write the exported .onnx files here (a new folder)')
+    parser.add_argument('--baseline', type=Path, help='a --keep folder of another commit, timed alongside')
     args = parser.parse_args()
+    if args.keep is not None and args.keep.exists():
+        raise SystemExit(f'bench_onnx_latency: --keep {args.keep} already exists')
+    names = ['parent'] + list(args.classes)
+    if args.baseline is not None:
+        missing = [n for n in names if not (args.baseline / f'{n}.onnx').is_file()]
+        if missing:
+            raise SystemExit(f'bench_onnx_latency: --baseline {args.baseline} has no {", ".join(missing)}.onnx')
 
     parent = timm.create_model(args.model, pretrained=True).eval()
     parent_macs = count_macs(parent).total
     with tempfile.TemporaryDirectory() as tmp:
-        sessions = {'parent': session(export_onnx(parent, Path(tmp) / 'parent.onnx'), args.threads)}
+        folder = args.keep if args.keep is not None else Path(tmp)
+        folder.mkdir(parents=True)
+        sessions = {'parent': session(export_onnx(parent, folder / 'parent.onnx'), args.threads)}
         mac_share = {'parent': 1.0}
         for name in args.classes:
             binary = timm_coded.load_binary_classifier(args.model, name).eval()
-            sessions[name] = session(export_onnx(binary, Path(tmp) / f'{name}.onnx', input_size=(3, 32, 32)),
+            sessions[name] = session(export_onnx(binary, folder / f'{name}.onnx', input_size=(3, 32, 32)),
                                      args.threads)
             mac_share[name] = count_macs(binary, (3, 32, 32)).total / parent_macs
+        groups = {'': sessions}
+        if args.baseline is not None:
+            groups['baseline '] = {n: session(args.baseline / f'{n}.onnx', args.threads) for n in names}
         print(f'onnxruntime {ort.__version__}, {args.threads} thread(s), medians of {args.rounds} interleaved rounds')
         print('| model | batch | latency ms | time share of parent | MAC share | time share / MAC share |')
         print('|---|---|---|---|---|---|')
         rng = np.random.default_rng(0)
         for batch in args.batch_sizes:
             x = rng.standard_normal((batch, 3, 32, 32), dtype=np.float32)
-            times = {key: [] for key in sessions}
-            for s in sessions.values():
-                for _ in range(3):
-                    s.run(None, {'input': x})
+            times = {(g, n): [] for g, group in groups.items() for n in group}
+            for g, group in groups.items():
+                for s in group.values():
+                    for _ in range(3):
+                        s.run(None, {'input': x})
             for _ in range(args.rounds):
-                for key, s in sessions.items():
-                    start = time.perf_counter()
-                    s.run(None, {'input': x})
-                    times[key].append(time.perf_counter() - start)
-            base = times['parent']
-            for key in sessions:
-                share = statistics.median([a / b for a, b in zip(times[key], base)])
-                print(f'| {key} | {batch} | {1000 * statistics.median(times[key]):.2f} | {share:.3f} '
-                      f'| {mac_share[key]:.3f} | {share / mac_share[key]:.2f} |')
-
+                for g, group in groups.items():
+                    for n, s in group.items():
+                        start = time.perf_counter()
+                        s.run(None, {'input': x})
+                        times[(g, n)].append(time.perf_counter() - start)
+            for g in groups:
+                base = times[(g, 'parent')]
+                for n in names:
+                    share = statistics.median([a / b for a, b in zip(times[(g, n)], base)])
+                    print(f'| {g}{n} | {batch} | {1000 * statistics.median(times[(g, n)]):.2f} | {share:.3f} '
+                          f'| {mac_share[n]:.3f} | {share / mac_share[n]:.2f} |')
+            if args.baseline is not None:
+                ratio = statistics.median([a / b for a, b in zip(times[('', 'parent')], times[('baseline ', 'parent')])])
+                print(f'| parent time / baseline parent time | {batch} | {ratio:.3f} | | | |')
 
 if __name__ == '__main__':
     main()
