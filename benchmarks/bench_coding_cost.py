@@ -94,6 +94,8 @@ def make_step(name: str, variant: str, batch: int, path: str, train: bool, compi
 def ratios(name: str, batch: int, path: str, train: bool, rounds: int, variants: List[str],
            compile: bool = False) -> Dict[str, Tuple[float, float]]:
     """Per variant: (median seconds, median of per-round variant / uncoded ratios)."""
+    if compile:  # every model shares CodedResNeXt.forward's code object: without a reset, dynamo's
+        torch._dynamo.reset()  # recompile limit would leave later models running eagerly
     fns = {v: make_step(name, v, batch, path, train, compile) for v in ['uncoded'] + variants}
     for fn in fns.values():  # warm-up (compilation, oneDNN primitive creation, allocator)
         for _ in range(3 if compile else 2):
@@ -117,6 +119,8 @@ def main() -> None:
     parser.add_argument('--with-float32-energies', action='store_true')
     parser.add_argument('--compile', action='store_true', help='torch.compile every model (inductor)')
     args = parser.parse_args()
+    if args.compile and args.with_float32_energies:
+        parser.error('--with-float32-energies swaps a function at every call: it cannot be compiled')
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     variants = ['coded'] + (['coded, float32 energies'] if args.with_float32_energies else [])

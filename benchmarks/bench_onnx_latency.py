@@ -56,8 +56,10 @@ def main() -> None:
     parent = timm.create_model(args.model, pretrained=True).eval()
     parent_macs = count_macs(parent).total
     with tempfile.TemporaryDirectory() as tmp:
-        folder = args.keep if args.keep is not None else Path(tmp)
-        folder.mkdir(parents=True)
+        folder = Path(tmp)
+        if args.keep is not None:
+            folder = args.keep
+            folder.mkdir(parents=True)  # refused above if it exists: only a folder this run made
         sessions = {'parent': session(export_onnx(parent, folder / 'parent.onnx'), args.threads)}
         mac_share = {'parent': 1.0}
         for name in args.classes:
@@ -79,9 +81,10 @@ def main() -> None:
                 for s in group.values():
                     for _ in range(3):
                         s.run(None, {'input': x})
-            for _ in range(args.rounds):
-                for g, group in groups.items():
-                    for n, s in group.items():
+            for r in range(args.rounds):
+                order = list(groups) if r % 2 == 0 else list(groups)[::-1]  # no position bias between groups
+                for g in order:
+                    for n, s in groups[g].items():
                         start = time.perf_counter()
                         s.run(None, {'input': x})
                         times[(g, n)].append(time.perf_counter() - start)
@@ -93,7 +96,7 @@ def main() -> None:
                           f'| {mac_share[n]:.3f} | {share / mac_share[n]:.2f} |')
             if args.baseline is not None:
                 ratio = statistics.median([a / b for a, b in zip(times[('', 'parent')], times[('baseline ', 'parent')])])
-                print(f'| parent time / baseline parent time | {batch} | {ratio:.3f} | | | |')
+                print(f'| parent time / baseline parent time: {ratio:.3f} | {batch} | | | | |')
 
 if __name__ == '__main__':
     main()

@@ -38,8 +38,9 @@ def test_full_and_binary_models_export_with_a_dynamic_batch(tmp_path, images):
     assert sorted(p.name for p in tmp_path.iterdir()) == ['cat.onnx', 'full.onnx']  # no temp files left
     # coded blocks export with static shapes: no Shape/Gather/Concat chains for the dynamic batch
     # (they cost more than the convs at batch 1), no Tile for the per-subNN multiplier
-    ops = {node.op_type for node in onnx.load(str(tmp_path / 'full.onnx')).graph.node}
-    assert not ops & {'Shape', 'Gather', 'Slice', 'Concat', 'Tile', 'ConstantOfShape'}, ops
+    for name in ('full', 'cat'):
+        ops = {node.op_type for node in onnx.load(str(tmp_path / f'{name}.onnx')).graph.node}
+        assert not ops & {'Shape', 'Gather', 'Slice', 'Concat', 'Tile', 'ConstantOfShape'}, (name, ops)
 
 
 def test_cli_exports_a_local_folder_and_refuses_to_overwrite(tmp_path, images, capsys):
