@@ -272,33 +272,3 @@ def test_bf16_energies_agree_with_float32_on_the_same_activations(width):
         (fast * probe).sum().backward()
         (reference * probe).sum().backward()
         assert_close_at_scale(fast_h.grad.float(), ref_h.grad, rtol=2e-2)
-
-
-@pytest.mark.parametrize('present', [None, (1, 4)])
-@pytest.mark.parametrize('mode', ['eval', 'per-sample gate', 'train with dropSubNNs'])
-def test_export_energies_and_multiplier_equal_the_eager_ones(present, mode, monkeypatch):
-    # The ONNX export computes energies with a grouped Gram conv and spreads the multiplier with a
-    # 0/1 matmul (static shapes); in eager mode the same block must give the same output and energies.
-    from timm_coded import energy
-    block = make_block(present=present).train(mode == 'train with dropSubNNs')
-    x = torch.randn(3, 12, 8, 8)
-    if mode == 'per-sample gate':
-        block.subnn_gate = (torch.rand(3, block.num_present) > 0.4).float()
-
-    def run():
-        torch.manual_seed(1)  # the same dropSubNNs mask in both runs
-        recorder.clear()
-        out = block(x)[0]
-        return out, recorder.records[-1].energies
-
-    with torch.no_grad(), EnergyRecorder(block) as recorder:
-        expected, eager_energies = run()
-        monkeypatch.setattr(torch.onnx, 'is_in_onnx_export', lambda: True)
-        calls = []
-        real = energy._subnn_energies_for_export
-        monkeypatch.setattr(energy, '_subnn_energies_for_export', lambda *args: calls.append(1) or real(*args))
-        exported, export_energies = run()
-    assert calls  # the export path ran
-    assert export_energies.shape == (3, block.num_present)
-    assert_close_at_scale(export_energies, eager_energies, rtol=1e-5)
-    assert_close_at_scale(exported, expected, rtol=1e-5)

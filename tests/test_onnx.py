@@ -1,5 +1,4 @@
 """ONNX export: the file runs in onnxruntime with any batch size and gives the PyTorch outputs on real images."""
-import onnx
 import onnxruntime
 import pytest
 import timm
@@ -36,11 +35,6 @@ def test_full_and_binary_models_export_with_a_dynamic_batch(tmp_path, images):
         assert_close_at_scale(got, expected)  # float32 kernels differ by rounding only
         assert_close_at_scale(_run(path, images[:1]), expected[:1])
     assert sorted(p.name for p in tmp_path.iterdir()) == ['cat.onnx', 'full.onnx']  # no temp files left
-    # coded blocks export with static shapes: no Shape/Gather/Concat chains for the dynamic batch
-    # (they cost more than the convs at batch 1), no Tile for the per-subNN multiplier
-    for name in ('full', 'cat'):
-        ops = {node.op_type for node in onnx.load(str(tmp_path / f'{name}.onnx')).graph.node}
-        assert not ops & {'Shape', 'Gather', 'Slice', 'Concat', 'Tile', 'ConstantOfShape'}, (name, ops)
 
 
 def test_cli_exports_a_local_folder_and_refuses_to_overwrite(tmp_path, images, capsys):

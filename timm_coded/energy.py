@@ -111,26 +111,6 @@ def _second_moments(h: torch.Tensor, num_subnns: int) -> torch.Tensor:
     return torch.matmul(h32, h32.transpose(-1, -2))
 
 
-def _subnn_energies_for_export(h: torch.Tensor, conv_weight: torch.Tensor, num_subnns: int) -> torch.Tensor:
-    """`subnn_energies` as an ONNX graph of ~8 nodes with constant shapes.
-
-    The exporter writes every unflatten/flatten of a dynamic-batch tensor as a chain of
-    Shape/Gather/Slice/Concat/Reshape nodes (~30 per coded block); at batch 1 their dispatch cost
-    more than the block's convolutions. Here E_n = mean over pixels of sum_i (G_n h_n)_i h_n,i / C:
-    one grouped 1x1 conv with the Gram blocks (constant-folded from the weights by the runtime),
-    a product, means and sums over static shapes. Same quantity, float32 rounding only.
-    """
-    out_channels, channels = conv_weight.shape[0], conv_weight.shape[1]
-    width = channels // num_subnns
-    w = conv_weight.float().reshape(out_channels, num_subnns, width)
-    gram = torch.einsum('cni,cnj->nij', w, w).reshape(channels, width, 1, 1)
-    h = h.float()
-    projected = F.conv2d(h, gram, groups=num_subnns)  # (B, N*d, H, W): G_n h_n
-    per_channel = (projected * h).mean(dim=(2, 3))  # (B, N*d)
-    energies = per_channel.reshape(-1, num_subnns, width).sum(dim=2) / out_channels
-    return energies.clamp_min(0.)
-
-
 @register_notrace_function  # dtype/layout branches: one node in fx graphs
 def subnn_energies(h: torch.Tensor, conv_weight: torch.Tensor, num_subnns: int) -> torch.Tensor:
     """Per-sample energy of every subNN output, without materialising the N outputs.
@@ -146,9 +126,6 @@ def subnn_energies(h: torch.Tensor, conv_weight: torch.Tensor, num_subnns: int) 
     Returns:
         (B, N) float32 energies, clamped at 0 (round-off can make a tiny one negative).
     """
-    if not torch.jit.is_scripting():  # TorchScript compiles neither this test nor the export path
-        if torch.onnx.is_in_onnx_export():
-            return _subnn_energies_for_export(h, conv_weight, num_subnns)
     # shapes via unflatten(-1) so that fx tracing (symbolic shapes) and TorchScript both work
     second_moment = _second_moments(h, num_subnns)
     w = conv_weight.float().flatten(1).unflatten(1, (num_subnns, -1))  # (C, N, d)

@@ -37,18 +37,6 @@ def draw_subnn_mask(batch_size: int, num_subnns: int, drop_rate: float, device: 
     return keep.float() / (1. - drop_rate)
 
 
-def _channel_multiplier(multiplier: torch.Tensor, num_subnns: int, subnn_width: int) -> torch.Tensor:
-    """(B, N) per-subNN multiplier -> (B, N*d, 1, 1), each subNN's value repeated over its d channels."""
-    if not torch.jit.is_scripting():  # TorchScript compiles neither this test nor the export path
-        if torch.onnx.is_in_onnx_export():
-            # the exporter writes repeat_interleave as a Tile/Flatten/Unsqueeze chain with shape ops; a
-            # product with a constant 0/1 matrix is one MatMul (exact: each output is one input times 1)
-            spread = torch.eye(num_subnns, dtype=multiplier.dtype, device=multiplier.device)
-            spread = spread.repeat_interleave(subnn_width, dim=1)  # (N, N*d)
-            return (multiplier @ spread).reshape(-1, num_subnns * subnn_width, 1, 1)
-    return multiplier.repeat_interleave(subnn_width, dim=1)[:, :, None, None]
-
-
 class CodedBottleneck(nn.Module):
     """ResNeXt bottleneck whose N groups (subNNs) can be coded.
 
@@ -168,7 +156,8 @@ class CodedBottleneck(nn.Module):
                 if mask is None or self.new_mask:  # new_mask is set wherever the scheme (so N) changes
                     mask = draw_subnn_mask(h.shape[0], self.num_present, self.drop_subnn_rate, h.device)
                 multiplier = multiplier * mask
-            h = h * _channel_multiplier(multiplier, self.num_present, self.subnn_width).to(h.dtype)
+            channel_multiplier = multiplier.repeat_interleave(self.subnn_width, dim=1).to(h.dtype)
+            h = h * channel_multiplier[:, :, None, None]
 
         out = self.bn3(self.conv3(h))
         out = self.drop_path(out)
