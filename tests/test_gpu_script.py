@@ -261,6 +261,38 @@ def test_budget_gives_leftovers_to_training():
     assert left_for_throughput <= total * (1 - oneshot.RESERVE_SHARE - oneshot.MIN_TRAINING_SHARE) + 1
     only_training = oneshot.Budget(10, ['training'])
     assert only_training.deadline('training') - only_training.t0 == pytest.approx(576)
+    # run on its own, throughput is the last stage and takes what is left, not its 16 % share
+    only_throughput = oneshot.Budget(10, ['throughput'])
+    assert only_throughput.deadline('throughput') - only_throughput.t0 == pytest.approx(576, abs=1)
+
+
+def test_throughput_compiled_and_profiled(tmp_path):
+    """--bench-compile runs both variants through the task's torch.compile (the 'eager' backend here: dynamo's
+    capture without inductor's minutes of codegen); --bench-profile says per operator where the coded extra goes."""
+    make_tar(tmp_path / 'cifar10.tar.gz')
+    proc = run_oneshot(tmp_path, '--stages', 'throughput', '--bench-compile', 'eager', '--bench-profile')
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    stage = json.loads((tmp_path / 'out' / 'summary.json').read_text())['stages']['throughput']
+    assert stage['status'] == 'ok' and stage['compile_backend'] == 'eager'
+    (net,) = stage['nets']
+    profile = net['profile']
+    rows = profile['top_extra']
+    assert 0 < len(rows) <= 15
+    assert [r['extra_ms'] for r in rows] == sorted((r['extra_ms'] for r in rows), reverse=True)
+    for r in rows:
+        assert r['extra_ms'] == pytest.approx(r['coded_ms'] - r['plain_ms'], abs=2e-3)
+    # the coding's own work (the second moments' batched products, the multiplier) has no plain counterpart
+    assert any(r['plain_ms'] == 0 and r['coded_ms'] > 0 for r in rows)
+    assert is_positive_number(profile['coded_ms']) and is_positive_number(profile['plain_ms'])
+    markdown = (tmp_path / 'out' / 'summary.md').read_text()
+    assert 'torch.compile (eager)' in markdown and 'spends its extra time' in markdown
+
+
+def test_unknown_bench_net_is_named(tmp_path):
+    make_tar(tmp_path / 'cifar10.tar.gz', per_class=1)
+    proc = run_oneshot(tmp_path, '--stages', 'throughput', '--bench-nets', 'cifar10-small,imagenet-huge')
+    summary = json.loads((tmp_path / 'out' / 'summary.json').read_text())
+    assert "unknown ['imagenet-huge']" in summary['stages']['throughput']['error']
 
 
 def local_timm_scripts():

@@ -143,10 +143,10 @@ class Budget:
         """Absolute (monotonic) time by which `stage` must be done; what earlier stages left over
         goes to training."""
         now = time.monotonic()
-        if stage == 'training':
+        later = [s for s in STAGES[STAGES.index(stage) + 1:] if s in self.enabled]
+        if not later:  # the last stage asked for (training, or throughput run on its own) takes what is left
             return self.end
-        later = STAGES[STAGES.index(stage) + 1:]
-        later_need = sum(STAGE_SHARE.get(s, 0.) for s in later if s in self.enabled) * self.total
+        later_need = sum(STAGE_SHARE.get(s, 0.) for s in later) * self.total
         if 'training' in self.enabled:
             later_need += MIN_TRAINING_SHARE * self.total
         return max(now, min(now + STAGE_SHARE[stage] * self.total, self.end - later_need))
@@ -508,7 +508,7 @@ class Variant:
     """One model (coded or plain) with its optimizer, task and a fixed synthetic batch."""
 
     def __init__(self, name: str, kwargs: Dict[str, Any], batch: int, size: int, device, amp_dtype,
-                 channels_last: bool) -> None:
+                 channels_last: bool, compile_backend: Optional[str] = None) -> None:
         import torch
         import timm
         from timm_coded.training import CodedClassificationTask
@@ -521,6 +521,8 @@ class Variant:
                                          weight_decay=5e-4)
         self.task = CodedClassificationTask(model=self.model, criterion=torch.nn.CrossEntropyLoss(), device=device)
         self.coded_blocks = self.task.coding_loss.num_blocks
+        # as train.py --torchcompile does: the task compiles its model after the coding-loss hooks went on
+        self.forward_module = self.task.compile(backend=compile_backend) if compile_backend else self.model
         self.x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
         self.y = torch.randint(0, self.model.num_classes, (batch,), device=device)
 
@@ -536,7 +538,7 @@ class Variant:
         import torch
         with torch.no_grad(), torch.autocast(self.device.type, dtype=self.amp_dtype,
                                              enabled=self.amp_dtype is not None):
-            self.model(self.x)
+            self.forward_module(self.x)
 
     def saved_for_backward_bytes(self) -> int:
         """Bytes of the tensors autograd saves in one training forward (deduplicated by storage)."""
@@ -560,7 +562,7 @@ class Variant:
 
     def release(self) -> None:
         self.task.coding_loss.remove()
-        del self.model, self.optimizer, self.task, self.x, self.y
+        del self.model, self.forward_module, self.optimizer, self.task, self.x, self.y
 
 
 def timed(fn: Callable[[], None], steps: int, device) -> float:
@@ -573,8 +575,12 @@ def timed(fn: Callable[[], None], steps: int, device) -> float:
 
 
 def bench_net(label: str, name: str, batch: int, size: int, device, amp_dtype, channels_last: bool,
-              scale: Dict[str, Any], deadline: float) -> Dict[str, Any]:
+              scale: Dict[str, Any], deadline: float, compile_backend: Optional[str] = None,
+              profile: bool = False) -> Dict[str, Any]:
     import torch
+
+    if compile_backend:  # coded and plain share CodedResNeXt.forward's code object: start each net with a clean
+        torch._dynamo.reset()  # cache, so dynamo's recompile limit cannot leave a later variant eager
 
     kinds = {'coded': {}, 'plain': {'coded': False}}
     tried = []
@@ -582,7 +588,7 @@ def bench_net(label: str, name: str, batch: int, size: int, device, amp_dtype, c
         variants: Dict[str, Variant] = {}
         try:
             result = _bench_variants(label, name, batch, size, device, amp_dtype, channels_last, scale, deadline,
-                                     kinds, variants)
+                                     kinds, variants, compile_backend, profile)
             if tried:
                 result['batch_reduced_from'] = tried[0]
                 result['out_of_memory_at'] = tried
@@ -608,7 +614,7 @@ def bench_net(label: str, name: str, batch: int, size: int, device, amp_dtype, c
 
 
 def _bench_variants(label, name, batch, size, device, amp_dtype, channels_last, scale, deadline, kinds,
-                    variants) -> Dict[str, Any]:
+                    variants, compile_backend=None, profile=False) -> Dict[str, Any]:
     import torch
 
     cuda = device.type == 'cuda'
@@ -622,7 +628,7 @@ def _bench_variants(label, name, batch, size, device, amp_dtype, channels_last, 
             torch.cuda.empty_cache()
         base = torch.cuda.memory_allocated(device) if cuda else 0
         start = time.perf_counter()
-        v = variants[kind] = Variant(name, kwargs, batch, size, device, amp_dtype, channels_last)
+        v = variants[kind] = Variant(name, kwargs, batch, size, device, amp_dtype, channels_last, compile_backend)
         first = timed(v.train_step, 1, device)
         timed(v.train_step, max(scale['bench_warmup'] - 1, 0), device)
         timed(v.infer_step, 1, device)
@@ -672,6 +678,9 @@ def _bench_variants(label, name, batch, size, device, amp_dtype, channels_last, 
     if cuda:
         ratios['peak_memory'] = res['variants']['coded']['peak_bytes'] / max(res['variants']['plain']['peak_bytes'], 1)
     res['ratios'] = {k: round(v, 4) for k, v in ratios.items()}
+    if profile:
+        res['profile'] = profile_difference({kind: profile_train_steps(v, scale['bench_steps'], device)
+                                             for kind, v in variants.items()})
     res['rounds'] = len(rounds)
     res['steps_per_round'] = steps
     res['per_round'] = [{k: round(v, 1) for k, v in r.items()} for r in rounds]
@@ -681,11 +690,48 @@ def _bench_variants(label, name, batch, size, device, amp_dtype, channels_last, 
     return res
 
 
+PROFILE_TOP = 15
+
+
+def profile_train_steps(v: Variant, steps: int, device) -> Dict[str, float]:
+    """Self time per training step of each operator, in ms: device (kernel) time on a GPU, CPU time on a
+    CPU. Each kernel's time goes to the operator that launched it, so the rows add up to the step."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == 'cuda'
+    timed(v.train_step, 1, device)
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        timed(v.train_step, steps, device)
+    times: Dict[str, float] = {}
+    for e in prof.key_averages():
+        if e.device_type != DeviceType.CPU:  # kernels themselves: already counted under their operator
+            continue
+        us = e.self_device_time_total if cuda else e.self_cpu_time_total
+        if us > 0:
+            times[e.key] = times.get(e.key, 0.) + us / 1e3 / steps
+    return times
+
+
+def profile_difference(times: Dict[str, Dict[str, float]]) -> Dict[str, Any]:
+    """Where the coded step's extra time goes: per operator, coded minus plain self time per step."""
+    coded, plain = times['coded'], times['plain']
+    rows = [{'op': op, 'coded_ms': round(coded.get(op, 0.), 3), 'plain_ms': round(plain.get(op, 0.), 3),
+             'extra_ms': round(coded.get(op, 0.) - plain.get(op, 0.), 3)} for op in set(coded) | set(plain)]
+    rows.sort(key=lambda r: r['extra_ms'], reverse=True)
+    return {'metric': 'self time per training step (device time on a GPU, CPU time on a CPU), ms',
+            'coded_ms': round(sum(coded.values()), 3), 'plain_ms': round(sum(plain.values()), 3),
+            'top_extra': rows[:PROFILE_TOP]}
+
+
 def throughput_stage(args, scale, device, amp_dtype, channels_last, deadline) -> Dict[str, Any]:
     nets = scale['bench']
     if args.bench_nets:
-        wanted = args.bench_nets.split(',')
-        nets = [n for n in nets if n[0] in wanted]
+        by_label = {n[0]: n for n in nets}
+        unknown = [w for w in args.bench_nets.split(',') if w not in by_label]
+        if unknown:
+            raise ValueError(f'--bench-nets: unknown {unknown}; known: {", ".join(by_label)}')
+        nets = [by_label[w] for w in args.bench_nets.split(',')]  # in the order asked: the first one surely runs
     results = []
     shares_left = sum(n[4] for n in nets)
     for label, name, batch, size, share in nets:
@@ -696,7 +742,8 @@ def throughput_stage(args, scale, device, amp_dtype, channels_last, deadline) ->
             results.append({'label': label, 'model': name, 'status': 'skipped', 'reason': 'no time left'})
             continue
         try:
-            r = bench_net(label, name, batch, size, device, amp_dtype, channels_last, scale, net_deadline)
+            r = bench_net(label, name, batch, size, device, amp_dtype, channels_last, scale, net_deadline,
+                          args.bench_compile, args.bench_profile)
             r['status'] = 'ok'
         except Exception as exc:
             traceback.print_exc()
@@ -707,6 +754,7 @@ def throughput_stage(args, scale, device, amp_dtype, channels_last, deadline) ->
     return {
         'status': 'ok' if ok and len(ok) == len(results) else ('partial' if ok else 'fail'),
         'amp_dtype': str(amp_dtype).replace('torch.', '') if amp_dtype else None, 'channels_last': channels_last,
+        'compile_backend': args.bench_compile,
         'memory_metric': ('torch.cuda.max_memory_allocated during one training step, minus what was allocated '
                           'before the variant was built' if device.type == 'cuda' else
                           'no allocator peak on the CPU: ratios use saved_for_backward (bytes autograd saves)'),
@@ -999,7 +1047,8 @@ def render_markdown(d: Dict[str, Any]) -> str:
         if th.get('status') == 'error':
             lines += [f'error: {th.get("error")}', '']
         else:
-            lines += [f'autocast {th.get("amp_dtype")}, channels_last {th.get("channels_last")}. '
+            compiled = f', torch.compile ({th["compile_backend"]})' if th.get('compile_backend') else ', eager'
+            lines += [f'autocast {th.get("amp_dtype")}, channels_last {th.get("channels_last")}{compiled}. '
                       f'Memory: {th.get("memory_metric")}. Timing: {th.get("timing")}.', '',
                       '| net | batch | px | coded train img/s | plain train img/s | ratio | coded infer img/s | '
                       'plain infer img/s | ratio | coded peak GiB | plain peak GiB | memory ratio |',
@@ -1014,6 +1063,14 @@ def render_markdown(d: Dict[str, Any]) -> str:
                              f'{p["train_img_s"]} | {r["train_throughput"]:.3f} | {c["infer_img_s"]} | '
                              f'{p["infer_img_s"]} | {r["inference_throughput"]:.3f} | {c.get("peak_gib", "-")} | '
                              f'{p.get("peak_gib", "-")} | {mem:.3f} |')
+            for n in th.get('nets', []):
+                pr = n.get('profile')
+                if pr:
+                    lines += ['', f'Where `{n["model"]}`\'s coded step spends its extra time ({pr["metric"]}; '
+                                  f'coded {pr["coded_ms"]:.2f}, plain {pr["plain_ms"]:.2f}):', '',
+                              '| operator | coded ms | plain ms | extra ms |', '|---|---|---|---|']
+                    lines += [f'| `{r["op"]}` | {r["coded_ms"]:.3f} | {r["plain_ms"]:.3f} | {r["extra_ms"]:.3f} |'
+                              for r in pr['top_extra']]
             pt = th.get('paper_tpu', PAPER_TPU)
             lines += ['', f'Paper (TPU, ImageNet 160 px): coded {pt["coded_samples_per_s"]} vs plain '
                           f'{pt["plain_samples_per_s"]} samples/s (ratio {pt["throughput_ratio"]}), memory '
@@ -1067,6 +1124,10 @@ def parse_args(argv=None):
                                                          'coded_resnext17_10x2d)')
     p.add_argument('--compile-backend', default=None, help='--torchcompile backend (default inductor; eager on cpu)')
     p.add_argument('--bench-nets', default=None, help='comma list of labels (cifar10,cifar100,imagenet)')
+    p.add_argument('--bench-compile', default=None, metavar='BACKEND',
+                   help='stage throughput: torch.compile both variants (as train.py --torchcompile) with BACKEND')
+    p.add_argument('--bench-profile', action='store_true',
+                   help='stage throughput: profile one round of training steps; per operator, coded minus plain')
     p.add_argument('--epochs', type=int, default=None, help='training epochs (default: what the budget allows)')
     p.add_argument('--max-epochs', type=int, default=None)
     p.add_argument('--batch-size', type=int, default=None, help='training batch (default 512; toy 8)')
