@@ -450,7 +450,7 @@ def test_offline_reuse_after_download(hub_client, exports, tmp_path, monkeypatch
     expected = exports.expected('c').numpy().tobytes().hex()
     code = (
         'import torch, timm_coded.hub as h, timm_coded.hub.manifest as m\n'
-        f'x = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(0))\n'
+        'x = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(0))\n'
         "model = h.load_binary_classifier('test_resnet', 'c', m.load_manifest()).eval()\n"
         'with torch.no_grad(): print(model(x).numpy().tobytes().hex(), model.threshold)\n')
     env = dict(os.environ, HF_HUB_OFFLINE='1', HF_ENDPOINT='http://127.0.0.1:9', HF_HUB_CACHE=str(cache),
