@@ -631,7 +631,9 @@ def _bench_variants(label, name, batch, size, device, amp_dtype, channels_last, 
         v = variants[kind] = Variant(name, kwargs, batch, size, device, amp_dtype, channels_last, compile_backend)
         first = timed(v.train_step, 1, device)
         timed(v.train_step, max(scale['bench_warmup'] - 1, 0), device)
+        v.model.eval()  # as in the timed rounds: a compiled model compiles its eval graph here, untimed
         timed(v.infer_step, 1, device)
+        v.model.train()
         entry = {'params': v.params, 'coded_blocks': v.coded_blocks, 'first_step_s': round(first, 3),
                  'build_and_warmup_s': round(time.perf_counter() - start, 2)}
         if cuda:
@@ -649,7 +651,8 @@ def _bench_variants(label, name, batch, size, device, amp_dtype, channels_last, 
     rounds: List[Dict[str, float]] = []
     round_s = 0.
     while len(rounds) < scale['bench_max_rounds']:  # at least one round; more while the net's time lasts
-        if rounds and time.monotonic() + round_s > deadline:
+        # the profile (a round's training steps per variant, profiled) needs about two rounds' time at the end
+        if rounds and time.monotonic() + round_s * (3 if profile else 1) > deadline:
             break
         start = time.perf_counter()
         row: Dict[str, float] = {}
@@ -694,18 +697,26 @@ PROFILE_TOP = 15
 
 
 def profile_train_steps(v: Variant, steps: int, device) -> Dict[str, float]:
-    """Self time per training step of each operator, in ms: device (kernel) time on a GPU, CPU time on a
-    CPU. Each kernel's time goes to the operator that launched it, so the rows add up to the step."""
-    from torch.autograd import DeviceType
+    """Self time per training step of each operator, in ms (eager models: under torch.compile the kernels
+    belong to compiled graphs, not to operators)."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == 'cuda'
     timed(v.train_step, 1, device)
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
         timed(v.train_step, steps, device)
+    return operator_self_times(prof.key_averages(), cuda, steps)
+
+
+def operator_self_times(events, cuda: bool, steps: int) -> Dict[str, float]:
+    """ms per step of each operator (profiler key averages): on a GPU the device time of the kernels it
+    launched itself (the rows add up to the kernel time, not to the wall time of the step), on a CPU its
+    own CPU time. Kernel rows are skipped: their time is already charged to the launching operator."""
+    from torch.autograd import DeviceType
+
     times: Dict[str, float] = {}
-    for e in prof.key_averages():
-        if e.device_type != DeviceType.CPU:  # kernels themselves: already counted under their operator
+    for e in events:
+        if e.device_type != DeviceType.CPU:
             continue
         us = e.self_device_time_total if cuda else e.self_cpu_time_total
         if us > 0:
@@ -719,7 +730,7 @@ def profile_difference(times: Dict[str, Dict[str, float]]) -> Dict[str, Any]:
     rows = [{'op': op, 'coded_ms': round(coded.get(op, 0.), 3), 'plain_ms': round(plain.get(op, 0.), 3),
              'extra_ms': round(coded.get(op, 0.) - plain.get(op, 0.), 3)} for op in set(coded) | set(plain)]
     rows.sort(key=lambda r: r['extra_ms'], reverse=True)
-    return {'metric': 'self time per training step (device time on a GPU, CPU time on a CPU), ms',
+    return {'metric': 'self time per training step (kernel time on a GPU, CPU time on a CPU), ms',
             'coded_ms': round(sum(coded.values()), 3), 'plain_ms': round(sum(plain.values()), 3),
             'top_extra': rows[:PROFILE_TOP]}
 
@@ -780,9 +791,9 @@ def quick_measure(name, kwargs, batch, device, amp_dtype, channels_last, steps: 
 
 def estimate_epoch_seconds(speed: Dict[str, float], n_train: int, n_val: int) -> float:
     # the trainer reads the loss back every step and evaluates with flip TTA (two forwards). On the H200
-    # (2026-11-30) epochs took 1.00x (coded) and 0.97x (control) of the bare estimate, the first one 1.3x;
-    # the 1.25 used then left 74 of training's 340 s unused. 5 % stays as margin; a run that still would
-    # overrun stops after an epoch (stopped_early).
+    # (2026-11-30) epochs took 1.03x (coded; 1.00x after the first two) and 0.97x (control) of the bare
+    # estimate; the 1.25 used then left 74 of training's 340 s unused. 5 % stays as margin; a run that
+    # still would overrun stops after an epoch (stopped_early).
     return 1.05 * (n_train / speed['train_img_s'] + 2 * n_val / speed['infer_img_s']) + 0.5
 
 
@@ -997,6 +1008,13 @@ def environment(device) -> Dict[str, Any]:
                                            timeout=5).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         env['git_commit'] = None
+    # the device machine's copy of .git can lag the working tree it was sent: these say what ran
+    env['oneshot_sha256'] = sha256(Path(__file__))
+    try:
+        env['git_status'] = subprocess.run(['git', 'status', '--short'], cwd=REPO, capture_output=True, text=True,
+                                           timeout=10).stdout.splitlines()[:50]
+    except (OSError, subprocess.SubprocessError):
+        env['git_status'] = None
     if device.type == 'cuda':
         props = torch.cuda.get_device_properties(device)
         env.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2 ** 30, 1),
@@ -1143,7 +1161,11 @@ def parse_args(argv=None):
     p.add_argument('--ema-decay', type=float, default=0.)
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--decode-workers', type=int, default=None)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.bench_profile and args.bench_compile:
+        p.error('--bench-profile charges kernel time to eager operators; compiled graphs have none: '
+                'profile without --bench-compile')
+    return args
 
 
 def main(argv=None) -> int:
