@@ -331,7 +331,6 @@ def test_training_stops_at_the_deadline_and_control_follows(tmp_path):
     bench = {'nets': [{'status': 'ok', 'model': 'coded_resnext17_10x2d', 'batch': 4, 'image_size': 32,
                        'label': 'fake', 'variants': {'coded': {'train_img_s': 100., 'infer_img_s': 300.},
                                                      'plain': {'train_img_s': 120., 'infer_img_s': 350.}}}]}
-    import time
     result = oneshot.training_stage(args, scale, torch.device('cpu'), None, False, data, bench, tmp_path / 'out',
                                     deadline=time.monotonic() + 0.01)
     coded, control = result['runs']['coded'], result['runs']['control']
@@ -357,12 +356,30 @@ def test_training_epochs_derived_from_measured_speed(tmp_path):
     speed = {'train_img_s': 1000., 'infer_img_s': 3000.}
     bench = {'nets': [{'status': 'ok', 'model': 'coded_resnext17_10x2d', 'batch': 5, 'image_size': 32,
                        'label': 'fake', 'variants': {'coded': speed, 'plain': speed}}]}
-    import time
     result = oneshot.training_stage(args, scale, torch.device('cpu'), None, False, data, bench, tmp_path / 'out',
                                     deadline=time.monotonic() + 3600)  # far: a loaded CPU must not stop it
     assert result['fits_epochs'] > 2 and result['epochs'] == 2  # capped at the toy scale's max_epochs
     assert 'stage throughput (fake)' in result['epochs_reason']
     assert result['status'] == 'ok' and all(r['epochs_done'] == 2 for r in result['runs'].values())
+
+
+def test_training_skipped_when_not_one_epoch_fits(tmp_path):
+    oneshot = load_oneshot_module()
+    make_tar(tmp_path / 'cifar10.tar.gz', per_class=2)
+    root = oneshot.prepare_data(tmp_path / 'cifar10.tar.gz', tmp_path / 'work')
+    data = oneshot.load_cifar(root, per_class=1, workers=1)
+    args = oneshot.parse_args(['--data', 'x', '--out', str(tmp_path / 'out'), '--scale', 'toy', '--stages', 'training'])
+    (tmp_path / 'out').mkdir()
+    scale = dict(oneshot.SCALES['toy'], train_batch=5, val_batch=5)
+    slow = {'train_img_s': 0.01, 'infer_img_s': 0.01}  # 10 training images: ~1000 s per epoch
+    bench = {'nets': [{'status': 'ok', 'model': 'coded_resnext17_10x2d', 'batch': 5, 'image_size': 32,
+                       'label': 'fake', 'variants': {'coded': slow, 'plain': slow}}]}
+    result = oneshot.training_stage(args, scale, torch.device('cpu'), None, False, data, bench, tmp_path / 'out',
+                                    deadline=time.monotonic() + 600)
+    assert result['status'] == 'skipped' and result['fits_epochs'] == 0
+    assert 'not one epoch of each variant fits' in result['reason']
+    assert not (tmp_path / 'out' / 'coded').exists()  # nothing started, nothing half-written
+    assert 'skipped: not one epoch' in oneshot.render_markdown({'stages': {'training': result}})
 
 
 def test_bench_compile_wraps_the_task_as_train_py_does():

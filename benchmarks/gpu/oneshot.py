@@ -844,8 +844,14 @@ def training_stage(args, scale, device, amp_dtype, channels_last, data, bench, o
     fit = int((time_left - 2 * fixed_cost) // (est['coded'] + est['control']))
     if args.epochs:
         epochs, epochs_reason = args.epochs, '--epochs'
+    elif fit < 1:  # a run that cannot finish one epoch of each variant would only overrun the budget
+        reason = (f'not one epoch of each variant fits: {time_left:.0f} s left, ({est["coded"]:.1f} + '
+                  f'{est["control"]:.1f}) s per epoch pair estimated from {speed_source}')
+        log(f'training: skipped ({reason})')
+        return {'status': 'skipped', 'reason': reason, 'model': name, 'fits_epochs': fit,
+                'estimated_epoch_s': {k: round(v, 2) for k, v in est.items()}, 'train_images': n_train}
     else:
-        epochs = max(1, min(fit, args.max_epochs or scale['max_epochs']))
+        epochs = min(fit, args.max_epochs or scale['max_epochs'])
         epochs_reason = (f'derived: {time_left:.0f} s left / ({est["coded"]:.1f} + {est["control"]:.1f}) s per '
                          f'epoch pair, estimated from {speed_source}; capped at {args.max_epochs or scale["max_epochs"]}')
     log(f'training: {epochs} epochs ({epochs_reason})')
@@ -1099,8 +1105,8 @@ def render_markdown(d: Dict[str, Any]) -> str:
     tr = stages.get('training')
     if tr:
         lines += ['## 3. CIFAR-10 training, coded vs control', '']
-        if tr.get('status') == 'error':
-            lines += [f'error: {tr.get("error")}', '']
+        if tr.get('status') in ('error', 'skipped'):
+            lines += [f'{tr["status"]}: {tr.get("error") or tr.get("reason")}', '']
         else:
             lines += [f'`{tr["model"]}`, {tr["train_images"]} train / {tr["val_images"]} held-out images, '
                       f'{tr["epochs"]} epochs ({tr["epochs_reason"]}).', '',
