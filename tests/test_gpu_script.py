@@ -318,19 +318,27 @@ def test_real_train_py_on_cpu(tmp_path):
         assert run['train_steps_logged'] >= 2 and run['coding_loss_lines'] >= 2 and run['coded_task_installed']
 
 
+def training_inputs(tmp_path: Path, per_class: int, extra_args, batch: int, coded_speed, plain_speed):
+    """What training_stage takes, at toy size: decoded data, parsed arguments, scale, and a fake stage-2
+    measurement of this config's img/s (which the epoch count is derived from)."""
+    oneshot = load_oneshot_module()
+    make_tar(tmp_path / 'cifar10.tar.gz', per_class=per_class)
+    root = oneshot.prepare_data(tmp_path / 'cifar10.tar.gz', tmp_path / 'work')
+    data = oneshot.load_cifar(root, per_class=1, workers=1)
+    args = oneshot.parse_args(['--data', 'x', '--out', str(tmp_path / 'out'), '--scale', 'toy', *extra_args])
+    (tmp_path / 'out').mkdir()
+    scale = dict(oneshot.SCALES['toy'], train_batch=batch, val_batch=5)
+    bench = {'nets': [{'status': 'ok', 'model': 'coded_resnext17_10x2d', 'batch': batch, 'image_size': 32,
+                       'label': 'fake', 'variants': {'coded': coded_speed, 'plain': plain_speed}}]}
+    return oneshot, data, args, scale, bench
+
+
 def test_training_stops_at_the_deadline_and_control_follows(tmp_path):
     """A run that would overrun its deadline stops after an epoch; the control then stops after as
     many epochs (same lr trajectory), and both still leave a loadable checkpoint and history."""
-    oneshot = load_oneshot_module()
-    make_tar(tmp_path / 'cifar10.tar.gz', per_class=3)
-    root = oneshot.prepare_data(tmp_path / 'cifar10.tar.gz', tmp_path / 'work')
-    data = oneshot.load_cifar(root, per_class=1, workers=1)
-    args = oneshot.parse_args(['--data', 'x', '--out', str(tmp_path / 'out'), '--scale', 'toy', '--epochs', '3'])
-    (tmp_path / 'out').mkdir()
-    scale = dict(oneshot.SCALES['toy'], train_batch=4, val_batch=5)
-    bench = {'nets': [{'status': 'ok', 'model': 'coded_resnext17_10x2d', 'batch': 4, 'image_size': 32,
-                       'label': 'fake', 'variants': {'coded': {'train_img_s': 100., 'infer_img_s': 300.},
-                                                     'plain': {'train_img_s': 120., 'infer_img_s': 350.}}}]}
+    oneshot, data, args, scale, bench = training_inputs(
+        tmp_path, 3, ['--epochs', '3'], 4, {'train_img_s': 100., 'infer_img_s': 300.},
+        {'train_img_s': 120., 'infer_img_s': 350.})
     result = oneshot.training_stage(args, scale, torch.device('cpu'), None, False, data, bench, tmp_path / 'out',
                                     deadline=time.monotonic() + 0.01)
     coded, control = result['runs']['coded'], result['runs']['control']
@@ -346,16 +354,8 @@ def test_training_stops_at_the_deadline_and_control_follows(tmp_path):
 
 
 def test_training_epochs_derived_from_measured_speed(tmp_path):
-    oneshot = load_oneshot_module()
-    make_tar(tmp_path / 'cifar10.tar.gz', per_class=2)
-    root = oneshot.prepare_data(tmp_path / 'cifar10.tar.gz', tmp_path / 'work')
-    data = oneshot.load_cifar(root, per_class=1, workers=1)
-    args = oneshot.parse_args(['--data', 'x', '--out', str(tmp_path / 'out'), '--scale', 'toy', '--stages', 'training'])
-    (tmp_path / 'out').mkdir()
-    scale = dict(oneshot.SCALES['toy'], train_batch=5, val_batch=5)
     speed = {'train_img_s': 1000., 'infer_img_s': 3000.}
-    bench = {'nets': [{'status': 'ok', 'model': 'coded_resnext17_10x2d', 'batch': 5, 'image_size': 32,
-                       'label': 'fake', 'variants': {'coded': speed, 'plain': speed}}]}
+    oneshot, data, args, scale, bench = training_inputs(tmp_path, 2, ['--stages', 'training'], 5, speed, speed)
     result = oneshot.training_stage(args, scale, torch.device('cpu'), None, False, data, bench, tmp_path / 'out',
                                     deadline=time.monotonic() + 3600)  # far: a loaded CPU must not stop it
     assert result['fits_epochs'] > 2 and result['epochs'] == 2  # capped at the toy scale's max_epochs
@@ -364,16 +364,8 @@ def test_training_epochs_derived_from_measured_speed(tmp_path):
 
 
 def test_training_skipped_when_not_one_epoch_fits(tmp_path):
-    oneshot = load_oneshot_module()
-    make_tar(tmp_path / 'cifar10.tar.gz', per_class=2)
-    root = oneshot.prepare_data(tmp_path / 'cifar10.tar.gz', tmp_path / 'work')
-    data = oneshot.load_cifar(root, per_class=1, workers=1)
-    args = oneshot.parse_args(['--data', 'x', '--out', str(tmp_path / 'out'), '--scale', 'toy', '--stages', 'training'])
-    (tmp_path / 'out').mkdir()
-    scale = dict(oneshot.SCALES['toy'], train_batch=5, val_batch=5)
     slow = {'train_img_s': 0.01, 'infer_img_s': 0.01}  # 10 training images: ~1000 s per epoch
-    bench = {'nets': [{'status': 'ok', 'model': 'coded_resnext17_10x2d', 'batch': 5, 'image_size': 32,
-                       'label': 'fake', 'variants': {'coded': slow, 'plain': slow}}]}
+    oneshot, data, args, scale, bench = training_inputs(tmp_path, 2, ['--stages', 'training'], 5, slow, slow)
     result = oneshot.training_stage(args, scale, torch.device('cpu'), None, False, data, bench, tmp_path / 'out',
                                     deadline=time.monotonic() + 600)
     assert result['status'] == 'skipped' and result['fits_epochs'] == 0
