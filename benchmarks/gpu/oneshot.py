@@ -739,10 +739,11 @@ def throughput_stage(args, scale, device, amp_dtype, channels_last, deadline) ->
     nets = scale['bench']
     if args.bench_nets:
         by_label = {n[0]: n for n in nets}
-        unknown = [w for w in args.bench_nets.split(',') if w not in by_label]
+        wanted = args.bench_nets.split(',')
+        unknown = [w for w in wanted if w not in by_label]
         if unknown:
             raise ValueError(f'--bench-nets: unknown {unknown}; known: {", ".join(by_label)}')
-        nets = [by_label[w] for w in args.bench_nets.split(',')]  # in the order asked: the first one surely runs
+        nets = [by_label[w] for w in wanted]  # in the order asked: the first one surely runs
     results = []
     shares_left = sum(n[4] for n in nets)
     for label, name, batch, size, share in nets:
