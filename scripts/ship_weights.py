@@ -30,7 +30,8 @@ from timm_coded.training.runs import CHECKPOINT_NAME, read_run, run_stages, stag
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--run', required=True, type=Path, help='folder written by benchmarks/cifar10_zoo.py')
+    p.add_argument('--run', required=True, type=Path,
+                   help='folder written by benchmarks/cifar10_zoo.py, or the coded/ folder of benchmarks/gpu/oneshot.py')
     p.add_argument('--data-dir', required=True)
     p.add_argument('--tag', required=True)
     p.add_argument('--repo', default=None, help='the Hub repo they are meant for (default timm-coded/<arch>-<tag>); '
@@ -88,11 +89,8 @@ def ship(args: argparse.Namespace) -> None:
         **{key: _per_stage(stages, key) for key in ('batch_size', 'lr', 'weight_decay', 'label_smoothing',
                                                     'ema_decay', 'seed')},
         'schedule': _schedule(history),
-        'recipe': 'benchmarks/cifar10_zoo.py (SGD Nesterov, warm-up + cosine, label smoothing, EMA, '
-                  f'pad-and-crop + flip, channels_last + bf16 autocast; mu {model.coding_loss_weight:g}, '
-                  f'p_drop {model.drop_subnn_rate:g})',
+        **_recipe_and_machine(history, model),
         'seconds': round(sum(h['seconds'] for h in history['history'])),
-        'machine': '2-core x86-64 CPU (AVX-512 bf16), no GPU, 1 thread per run',
     }
     metrics = {'top1': report_dict['accuracy'], 'top1_flip_tta': last['val_accuracy'],
                **{f'early_decoding_{k}': v for k, v in report_dict['early_decoding'].items() if k != 'classifier'}}
@@ -110,6 +108,22 @@ def ship(args: argparse.Namespace) -> None:
         artifacts = ship_in_package(folders)
     for a in artifacts:
         print(a.name, a.location, {k: round(v, 4) for k, v in a.metrics.items()})
+
+
+def _recipe_and_machine(record: dict, model) -> dict:
+    """Which script trained the run, with what, and where: the CPU zoo script, or the one-shot GPU
+    script (benchmarks/gpu/oneshot.py records itself, its --recipe and the device in the run)."""
+    args = record.get('args') or {}
+    coding = f'mu {model.coding_loss_weight:g}, p_drop {model.drop_subnn_rate:g}'
+    if args.get('script') == 'benchmarks/gpu/oneshot.py':
+        return {'recipe': f"benchmarks/gpu/oneshot.py --recipe {args.get('recipe', 'paper')} (SGD Nesterov, "
+                          'warm-up + cosine, label smoothing and EMA as listed, pad-and-crop + flip on the device, '
+                          f"channels_last + {args.get('amp_dtype') or 'float32'} autocast; {coding})",
+                'machine': f"{record.get('device_name') or args.get('device')} ({args.get('device')}), "
+                           f"torch {record.get('torch', '?')}"}
+    return {'recipe': 'benchmarks/cifar10_zoo.py (SGD Nesterov, warm-up + cosine, label smoothing, EMA, '
+                      f'pad-and-crop + flip, channels_last + bf16 autocast; {coding})',
+            'machine': '2-core x86-64 CPU (AVX-512 bf16), no GPU, 1 thread per run'}
 
 
 def _per_stage(stages: list, key: str):

@@ -180,17 +180,18 @@ def test_training_stage_and_checkpoints(toy_run):
     for kind, kwargs in (('coded', {}), ('control', {'coded': False})):
         run = stage['runs'][kind]
         assert run['status'] == 'ok' and run['epochs_done'] == 1 and run['model_kwargs'] == kwargs
-        assert 0 <= run['final_val_accuracy'] <= 1 and 0 <= run['val_accuracy_bf16_checkpoint'] <= 1
-        assert set(run['checkpoint_dtypes']) == {'bfloat16', 'int64'}
+        assert 0 <= run['final_val_accuracy'] <= 1 and 0 <= run['val_accuracy_reloaded_checkpoint'] <= 1
+        # a net this small comes back in float32: the trained weights exactly
+        assert set(run['checkpoint_dtypes']) == {'float32', 'int64'}
         path = out / run['checkpoint']
         assert path.is_file() and listed[run['checkpoint']]['bytes'] == path.stat().st_size
         with safe_open(str(path), 'pt') as f:
             assert f.metadata()['format'] == 'pt'
             dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
-        assert dtypes == {'BF16', 'I64'}
+        assert dtypes == {'F32', 'I64'}
         state = load_file(str(path))
         floats = [v for v in state.values() if v.is_floating_point()]
-        assert floats and all(v.dtype == torch.bfloat16 for v in floats)
+        assert floats and all(v.dtype == torch.float32 for v in floats)
         assert all(v.dtype == torch.int64 for v in state.values() if not v.is_floating_point())
         model = timm.create_model('coded_resnext17_10x2d', **kwargs)
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
@@ -200,17 +201,93 @@ def test_training_stage_and_checkpoints(toy_run):
         assert history['params'] == sum(p.numel() for p in model.parameters())
         assert history['train_images'] == stage['train_images'] and history['val_images'] == 10
         assert history['args']['control'] is (kind == 'control')
+        assert history['args']['recipe'] == 'paper' and history['checkpoint']['dtype'] == 'float32'
         assert len(history['history']) == 1 and EPOCH_KEYS <= set(history['history'][0])
         epoch = history['history'][0]
         assert epoch['epoch'] == 1 and math.isfinite(epoch['loss']) and epoch['seconds'] > 0
         assert (epoch['coding_loss'] > 0) is (kind == 'coded')
-    # ship_weights.py's reader accepts the run (checkpoint sha256 as recorded), and its loader takes
-    # the bf16 checkpoint as it is
+    # ship_weights.py's reader accepts the run (checkpoint sha256 as recorded)
     from timm_coded.training.runs import read_run, stage_epochs
     assert stage_epochs(read_run(out / 'coded')) == [1]
+
+
+def test_large_checkpoints_come_back_in_bfloat16():
+    # a file over the device tool's 16 MiB return limit would not come back at all
+    oneshot = load_oneshot_module()
+    small = {'w': torch.zeros(1000), 'n': torch.zeros((), dtype=torch.int64)}
+    paper_net = {'w': torch.zeros(4_640_000)}  # coded_resnext29_10x11d: 18.5 MB in float32
+    assert oneshot.checkpoint_dtype(small) == 'float32'
+    assert oneshot.checkpoint_dtype(paper_net) == 'bfloat16'
+
+
+def test_a_bfloat16_checkpoint_loads_as_float32(tmp_path):
+    # what scripts/ship_weights.py does with a paper-net run that came back in bfloat16
+    import timm
+    import timm_coded  # noqa: F401
+    from safetensors.torch import load_file
     from timm_coded.models.binary import load_checkpoint
-    model = load_checkpoint('coded_resnext17_10x2d', out / 'coded' / 'model.safetensors')
-    assert next(model.parameters()).dtype == torch.float32
+    oneshot = load_oneshot_module()
+    trained = timm.create_model('coded_resnext17_10x2d')
+    path = tmp_path / 'model.safetensors'
+    oneshot.save_checkpoint(trained.state_dict(), path, {'format': 'pt'}, 'bfloat16')
+    assert {v.dtype for v in load_file(str(path)).values()} == {torch.bfloat16, torch.int64}
+    model = load_checkpoint('coded_resnext17_10x2d', path)
+    weight = model.conv1.weight
+    assert weight.dtype == torch.float32
+    torch.testing.assert_close(weight, trained.conv1.weight.detach().bfloat16().float(), rtol=0, atol=0)
+
+
+def test_recipes_set_what_the_flags_leave_unset(tmp_path):
+    oneshot = load_oneshot_module()
+    base = ['--data', str(tmp_path / 'x.tar.gz'), '--out', str(tmp_path / 'out')]
+    paper = oneshot.parse_args(base)
+    assert (paper.recipe, paper.batch_size, paper.lr, paper.warmup_epochs, paper.label_smoothing,
+            paper.ema_decay) == ('paper', 512, 0.1, 0, 0., 0.)
+    zoo = oneshot.parse_args(base + ['--recipe', 'zoo', '--train-model', 'coded_resnext17_10x8d'])
+    assert (zoo.train_model, zoo.batch_size, zoo.lr, zoo.warmup_epochs, zoo.label_smoothing, zoo.ema_decay,
+            zoo.weight_decay, zoo.min_lr) == ('coded_resnext17_10x8d', 128, 0.15, 1, 0.2, 0.999, 5e-4, 1e-4)
+    # the zoo recipe is benchmarks/cifar10_zoo.py's defaults: the shipped CPU model's
+    import ast
+    from timm_coded.training.trainer import TrainConfig
+    zoo_defaults = {call.args[0].value: kw.value.value
+                    for call in ast.walk(ast.parse((REPO / 'benchmarks' / 'cifar10_zoo.py').read_text()))
+                    if isinstance(call, ast.Call) and getattr(call.func, 'attr', '') == 'add_argument'
+                    for kw in call.keywords if kw.arg == 'default' and isinstance(kw.value, ast.Constant)}
+    for key, value in oneshot.RECIPES['zoo'].items():
+        flag = '--' + key.replace('_', '-')
+        assert (zoo_defaults[flag] if flag in zoo_defaults else getattr(TrainConfig(), key)) == value, key  # min_lr: TrainConfig's
+    mixed = oneshot.parse_args(base + ['--recipe', 'zoo', '--lr', '0.3', '--batch-size', '256'])
+    assert (mixed.lr, mixed.batch_size, mixed.label_smoothing) == (0.3, 256, 0.2)
+    toy = oneshot.parse_args(base + ['--scale', 'toy', '--recipe', 'zoo'])
+    assert toy.batch_size is None and toy.lr == 0.15  # the toy scale keeps its own tiny batch
+
+
+def test_a_run_of_the_gpu_script_ships_with_scripts_ship_weights(toy_run, tmp_path, monkeypatch):
+    # the artifacts the GPU run brings back are enough to ship: scripts/ship_weights.py on the coded
+    # run, into a package folder of the test's own; the card says which script and machine trained it
+    import tarfile
+    import timm_coded.hub.manifest as manifest_module
+    from timm_coded.hub.manifest import load_manifest
+    out, summary, _ = toy_run
+    with tarfile.open(out.parent / 'cifar10.tar.gz') as tf:
+        tf.extractall(tmp_path / 'data', filter='data')
+    package = tmp_path / 'pkg'
+    monkeypatch.setattr(manifest_module, 'PACKAGE_DIR', package)
+    monkeypatch.delenv('TIMM_CODED_MANIFEST', raising=False)
+    ship = load_script(REPO / 'scripts' / 'ship_weights.py')
+    monkeypatch.setattr(sys, 'argv', [
+        'ship_weights.py', '--run', str(out / 'coded'), '--data-dir', str(tmp_path / 'data' / 'train'),
+        '--tag', 'gputoy', '--holdout-per-class', '1', '--calibration-per-class', '3', '--specialization-draws', '1',
+        '--report-dir', str(tmp_path / 'report'), '--subsets', 'pets=cat,dog'])
+    ship.main()
+    names = load_manifest(package / 'weights_manifest.json').names
+    assert 'coded_resnext17_10x2d.gputoy' in names and 'coded_resnext17_10x2d_binary.gputoy_cat' in names
+    config = json.loads((package / 'weights' / 'coded_resnext17_10x2d.gputoy' / 'config.json').read_text())
+    card = (package / 'weights' / 'coded_resnext17_10x2d.gputoy' / 'README.md').read_text()
+    assert 'benchmarks/gpu/oneshot.py --recipe paper' in card and 'cifar10_zoo' not in card
+    history = json.loads((out / 'coded' / 'history.json').read_text())
+    assert f"{history['device_name']} (cpu)" in card
+    assert config['architecture'] == 'coded_resnext17_10x2d'
 
 
 def test_trainpy_skipped_without_scripts(tmp_path):
@@ -350,7 +427,7 @@ def test_training_stops_at_the_deadline_and_control_follows(tmp_path):
     for kind in ('coded', 'control'):
         history = json.loads((tmp_path / 'out' / kind / 'history.json').read_text())
         assert history['stopped_early'] is True and history['planned_epochs'] == 3 and len(history['history']) == 1
-        assert result['runs'][kind]['checkpoint_dtypes'] == ['bfloat16', 'int64']
+        assert result['runs'][kind]['checkpoint_dtypes'] == ['float32', 'int64']
 
 
 def test_training_epochs_derived_from_measured_speed(tmp_path):
@@ -429,3 +506,20 @@ def test_profile_and_compile_together_are_refused():
     oneshot = load_oneshot_module()
     with pytest.raises(SystemExit):
         oneshot.parse_args(['--data', 'x', '--out', 'y', '--bench-compile', 'inductor', '--bench-profile'])
+
+
+def test_training_stage_with_the_zoo_recipe_and_model(tmp_path):
+    # the command the GPU README prescribes for the next lease, at toy data size on the CPU
+    make_tar(tmp_path / 'cifar10.tar.gz')
+    proc = run_oneshot(tmp_path, '--stages', 'training', '--train-model', 'coded_resnext17_10x8d', '--recipe', 'zoo')
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    summary = json.loads((tmp_path / 'out' / 'summary.json').read_text())
+    stage = summary['stages']['training']
+    assert stage['status'] == 'ok' and stage['model'] == 'coded_resnext17_10x8d'
+    history = json.loads((tmp_path / 'out' / 'coded' / 'history.json').read_text())
+    args = history['args']
+    assert (args['recipe'], args['lr'], args['warmup_epochs'], args['label_smoothing'], args['ema_decay']) == \
+        ('zoo', 0.15, 1, 0.2, 0.999)
+    assert args['batch_size'] == 8  # the toy scale keeps its batch; at full scale the recipe's 128
+    assert history['checkpoint'] == dict(history['checkpoint'], dtype='float32', weights='EMA')
+    assert history['model'] == 'coded_resnext17_10x8d' and history['params'] == 656_768

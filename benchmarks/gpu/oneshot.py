@@ -14,11 +14,15 @@ after every stage, so a run that is killed still leaves what it finished):
                Records pass/fail, the last "Coding loss:" line, the loss scale (fp16).
 2. throughput  training (and inference) img/s and peak memory of coded vs plain (coded=False) for the
                paper's nets under bf16 autocast + channels_last, interleaved rounds, ratios.
-3. training    coded_resnext29_10x11d and its control on CIFAR-10 (45,000 train / 5,000 held out =
-               the last 500 per class), the paper's recipe (SGD Nesterov, lr 0.1 cosine to 1e-4,
-               wd 5e-4, batch 512, pad-and-crop + flip on the GPU; no RandAugment), for as many
-               epochs as the budget allows (or --epochs); bf16 safetensors checkpoints + history.json
-               in the format scripts/ship_weights.py reads.
+3. training    a coded net (--train-model, default coded_resnext29_10x11d) and its control on
+               CIFAR-10 (45,000 train / 5,000 held out = the last 500 per class), pad-and-crop +
+               flip on the GPU, no RandAugment, for as many epochs as the budget allows (or
+               --epochs). --recipe paper (default): the paper's recipe (SGD Nesterov, lr 0.1 cosine
+               to 1e-4, wd 5e-4, batch 512); --recipe zoo: the shipped CPU zoo model's
+               (benchmarks/cifar10_zoo.py: batch 128, lr 0.15, 1 warm-up epoch, label smoothing
+               0.2, EMA 0.999); explicit flags override either. safetensors checkpoints (float32
+               when that file is under the 16 MiB return limit, else bfloat16) + history.json in
+               the format scripts/ship_weights.py reads.
 
 Output ($OUT, at most 8 files, each < 16 MiB): summary.json, summary.md, oneshot.log,
 coded/{model.safetensors,history.json}, control/{model.safetensors,history.json}.
@@ -78,6 +82,16 @@ SCALES: Dict[str, Dict[str, Any]] = {
         bench_warmup=1, bench_steps=1, bench_max_rounds=2,
         train_model='coded_resnext17_10x2d', train_batch=8, val_batch=16, holdout_per_class=1,
         max_epochs=2),
+}
+
+# Training recipes of stage 3 (the coding, mu = 6 and p_drop = 0.1, is the model's own in both).
+# zoo: what trained the shipped CPU model coded_resnext17_10x8d.cifar10 (benchmarks/cifar10_zoo.py's
+# defaults), so a GPU run of that architecture differs from it only in epochs and hardware.
+RECIPES: Dict[str, Dict[str, Any]] = {
+    'paper': dict(batch_size=512, lr=0.1, min_lr=1e-4, weight_decay=5e-4, warmup_epochs=0, label_smoothing=0.,
+                  ema_decay=0.),
+    'zoo': dict(batch_size=128, lr=0.15, min_lr=1e-4, weight_decay=5e-4, warmup_epochs=1, label_smoothing=0.2,
+                ema_decay=0.999),
 }
 
 # train.py runs of stage 1: name -> extra flags ({backend} is --compile-backend)
@@ -798,12 +812,25 @@ def estimate_epoch_seconds(speed: Dict[str, float], n_train: int, n_val: int) ->
     return 1.05 * (n_train / speed['train_img_s'] + 2 * n_val / speed['infer_img_s']) + 0.5
 
 
-def save_bf16(state: Dict[str, Any], path: Path, metadata: Dict[str, str]) -> int:
-    """Floating tensors as bfloat16 (integers, e.g. BN's num_batches_tracked, unchanged), atomically."""
+# Files come back from the device machine only under 16 MiB each (the device tool's limit).
+RETURN_FILE_LIMIT_BYTES = 16 * 2 ** 20
+
+
+def checkpoint_dtype(state: Dict[str, Any]) -> str:
+    """'float32' (the trained weights exactly) when that checkpoint comes back under the return
+    limit with room to spare, else 'bfloat16' (half the size: a 4.6 M-parameter net is 18.5 MB in
+    float32)."""
+    floats = sum(v.numel() * 4 for v in state.values() if v.is_floating_point())
+    return 'float32' if floats <= 0.9 * RETURN_FILE_LIMIT_BYTES else 'bfloat16'
+
+
+def save_checkpoint(state: Dict[str, Any], path: Path, metadata: Dict[str, str], dtype: str) -> int:
+    """Floating tensors in `dtype` (integers, e.g. BN's num_batches_tracked, unchanged), atomically."""
     import torch
     from safetensors.torch import save_file
 
-    tensors = {k: (v.detach().to(torch.bfloat16) if v.is_floating_point() else v.detach()).contiguous().cpu()
+    cast = getattr(torch, dtype)
+    tensors = {k: (v.detach().to(cast) if v.is_floating_point() else v.detach()).contiguous().cpu()
                for k, v in state.items()}
     tmp = path.with_name(f'.{path.name}.tmp')
     save_file(tensors, str(tmp), metadata=metadata)
@@ -818,7 +845,7 @@ def training_stage(args, scale, device, amp_dtype, channels_last, data, bench, o
     from timm_coded.data import CIFAR10_MEAN, CIFAR10_STD
     from timm_coded.training.trainer import evaluate_accuracy
 
-    name = scale['train_model']
+    name = args.train_model or scale['train_model']
     batch = args.batch_size or scale['train_batch']
     loader_cls = make_device_loader_class()
     train_x, train_y = data['train_x'].to(device), data['train_y'].to(device)
@@ -873,7 +900,7 @@ def training_stage(args, scale, device, amp_dtype, channels_last, data, bench, o
             else None
         result['runs'][kind] = train_one(kind, name, kwargs, epochs, batch, args, device, amp_dtype, channels_last,
                                          train_loader, val_loader, data, out, run_deadline, stop_after)
-    # the checkpoints as shipped (bf16) must load strictly into a fresh model and keep their accuracy
+    # the checkpoints as they come back must load strictly into a fresh model and keep their accuracy
     for kind, kwargs in variants.items():
         run = result['runs'][kind]
         path = out / kind / 'model.safetensors'
@@ -886,7 +913,7 @@ def training_stage(args, scale, device, amp_dtype, channels_last, data, bench, o
         model.to(device)
         if channels_last:
             model.to(memory_format=torch.channels_last)
-        run['val_accuracy_bf16_checkpoint'] = evaluate_accuracy(model, val_loader, str(device), flip_tta=True,
+        run['val_accuracy_reloaded_checkpoint'] = evaluate_accuracy(model, val_loader, str(device), flip_tta=True,
                                                                 amp_dtype=amp_dtype, channels_last=channels_last)
         del model
     coded, control = result['runs'].get('coded', {}), result['runs'].get('control', {})
@@ -917,6 +944,7 @@ def train_one(kind, name, kwargs, epochs, batch, args, device, amp_dtype, channe
     run_args = {
         'batch_size': batch, 'lr': args.lr, 'min_lr': args.min_lr, 'weight_decay': args.weight_decay,
         'warmup_epochs': args.warmup_epochs, 'label_smoothing': args.label_smoothing, 'ema_decay': args.ema_decay,
+        'recipe': args.recipe,
         'seed': args.seed, 'epochs': epochs, 'holdout_per_class': per, 'control': kind == 'control', 'amp_dtype': cfg.amp_dtype,
         'channels_last': channels_last, 'augmentation': 'pad 4 + random crop, horizontal flip (on the device)',
         'randaugment': None, 'script': 'benchmarks/gpu/oneshot.py', 'device': str(device),
@@ -928,7 +956,7 @@ def train_one(kind, name, kwargs, epochs, batch, args, device, amp_dtype, channe
         'timm': timm.__version__, 'device_name': device_name(device),
         'split': f'CIFAR-10 train JPEGs; held out = last {per} per class (sorted names), '
                  f'val_accuracy = flip TTA on the held-out {len(data["val_y"])}',
-        'checkpoint': {'file': 'model.safetensors', 'dtype': 'bfloat16 (floating tensors; integer buffers as saved)',
+        'checkpoint': {'file': 'model.safetensors', 'dtype': checkpoint_dtype(model.state_dict()),
                        'weights': 'EMA' if args.ema_decay > 0 else 'final'},
         'planned_epochs': epochs, 'stopped_early': False, 'history': history,
     }
@@ -937,8 +965,9 @@ def train_one(kind, name, kwargs, epochs, batch, args, device, amp_dtype, channe
 
     def on_epoch(stats, weights) -> bool:
         history.append(dataclasses.asdict(stats))
-        size = save_bf16(weights.state_dict(), run_dir / 'model.safetensors',
-                         {'format': 'pt', 'model': name, 'epoch': str(stats.epoch), 'variant': kind})
+        size = save_checkpoint(weights.state_dict(), run_dir / 'model.safetensors',
+                               {'format': 'pt', 'model': name, 'epoch': str(stats.epoch), 'variant': kind},
+                               record['checkpoint']['dtype'])
         record['checkpoint']['bytes'] = size
         record['checkpoint_sha256'] = sha256(run_dir / 'model.safetensors')  # what ship_weights.py checks
         write_atomic(run_dir / 'history.json', json.dumps(record, indent=1) + '\n')
@@ -1111,12 +1140,12 @@ def render_markdown(d: Dict[str, Any]) -> str:
         else:
             lines += [f'`{tr["model"]}`, {tr["train_images"]} train / {tr["val_images"]} held-out images, '
                       f'{tr["epochs"]} epochs ({tr["epochs_reason"]}).', '',
-                      '| variant | status | epochs | final val (flip TTA) | best val | bf16 checkpoint val | '
+                      '| variant | status | epochs | final val (flip TTA) | best val | reloaded checkpoint val | '
                       'coding loss | img/s incl. eval | s |', '|---|---|---|---|---|---|---|---|---|']
             for kind, r in tr.get('runs', {}).items():
                 lines.append(f'| {kind} | {r["status"]} | {r["epochs_done"]}/{r["planned_epochs"]} | '
                              f'{_pct(r.get("final_val_accuracy"))} | {_pct(r.get("best_val_accuracy"))} | '
-                             f'{_pct(r.get("val_accuracy_bf16_checkpoint"))} | {_num(r.get("final_coding_loss"))} | '
+                             f'{_pct(r.get("val_accuracy_reloaded_checkpoint"))} | {_num(r.get("final_coding_loss"))} | '
                              f'{r.get("train_img_s_incl_eval")} | {r.get("seconds")} |')
             if 'coded_minus_control_val_accuracy' in tr:
                 lines += ['', f'coded - control: {100 * tr["coded_minus_control_val_accuracy"]:+.2f} points.']
@@ -1158,17 +1187,25 @@ def parse_args(argv=None):
                    help='stage throughput: profile one round of training steps; per operator, coded minus plain')
     p.add_argument('--epochs', type=int, default=None, help='training epochs (default: what the budget allows)')
     p.add_argument('--max-epochs', type=int, default=None)
-    p.add_argument('--batch-size', type=int, default=None, help='training batch (default 512; toy 8)')
+    p.add_argument('--train-model', default=None, help='the coded net the training stage trains (default '
+                   'coded_resnext29_10x11d; toy coded_resnext17_10x2d); its control is the same net with coded=False')
+    p.add_argument('--recipe', choices=sorted(RECIPES), default='paper',
+                   help='training hyper-parameters: paper (the paper\'s CIFAR recipe) or zoo (the shipped CPU zoo '
+                        'model\'s, benchmarks/cifar10_zoo.py); the flags below override single values')
+    p.add_argument('--batch-size', type=int, default=None, help='training batch (default: the recipe\'s; toy 8)')
     p.add_argument('--holdout-per-class', type=int, default=None, help='held-out images per class (default 500)')
-    p.add_argument('--lr', type=float, default=0.1)
-    p.add_argument('--min-lr', type=float, default=1e-4)
-    p.add_argument('--weight-decay', type=float, default=5e-4)
-    p.add_argument('--warmup-epochs', type=int, default=0)
-    p.add_argument('--label-smoothing', type=float, default=0.)
-    p.add_argument('--ema-decay', type=float, default=0.)
+    p.add_argument('--lr', type=float, default=None)
+    p.add_argument('--min-lr', type=float, default=None)
+    p.add_argument('--weight-decay', type=float, default=None)
+    p.add_argument('--warmup-epochs', type=int, default=None)
+    p.add_argument('--label-smoothing', type=float, default=None)
+    p.add_argument('--ema-decay', type=float, default=None)
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--decode-workers', type=int, default=None)
     args = p.parse_args(argv)
+    for key, value in RECIPES[args.recipe].items():  # flags given explicitly win
+        if getattr(args, key) is None and not (key == 'batch_size' and args.scale != 'full'):
+            setattr(args, key, value)
     if args.bench_profile and args.bench_compile:
         p.error('--bench-profile charges kernel time to eager operators; compiled graphs have none: '
                 'profile without --bench-compile')
