@@ -272,3 +272,22 @@ def test_bf16_energies_agree_with_float32_on_the_same_activations(width):
         (fast * probe).sum().backward()
         (reference * probe).sum().backward()
         assert_close_at_scale(fast_h.grad.float(), ref_h.grad, rtol=2e-2)
+
+
+def test_gram_matrices_stay_float32_under_autocast():
+    # Under bf16 autocast only S is rounded to bfloat16: the Gram matrices W_n^T W_n and the
+    # contraction stay float32 (autocast would run the Gram product as a bf16 bmm).
+    from timm_coded import energy
+    torch.manual_seed(0)
+    num_subnns, width = 10, 16
+    weight = torch.randn(128, num_subnns * width, 1, 1) * 0.05
+    h = torch.relu(torch.randn(4, num_subnns * width, 8, 8)).to(torch.bfloat16)
+    h = h.contiguous(memory_format=torch.channels_last)
+    with torch.autocast('cpu', torch.bfloat16):
+        fast = energy.subnn_energies(h, weight, num_subnns)
+    h_n = h.unflatten(1, (num_subnns, width)).flatten(3)  # (B, N, d, P) bfloat16
+    s_rounded = torch.matmul(h_n.float(), h_n.float().transpose(-1, -2)).to(torch.bfloat16).float()
+    w = weight.flatten(1).unflatten(1, (num_subnns, width))
+    gram = torch.einsum('cni,cnj->nij', w.double(), w.double()).float()
+    expected = (s_rounded * gram).sum(dim=(-1, -2)) / (128 * 64)
+    torch.testing.assert_close(fast, expected, rtol=2e-5, atol=0)
