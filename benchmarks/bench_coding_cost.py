@@ -2,8 +2,11 @@
 
 For each network and each path (fp32 NCHW, fp32 channels_last, channels_last + bf16 autocast)
 the coded model and the same model built with `coded=False` are timed in one process,
-interleaved (one of each per round, the order alternating from round to round), and the median of
-the per-round ratios is printed, so load from other processes hits both alike. The training step is the one the trainer runs:
+interleaved (one of each per round, the order alternating from round to round; an odd --rounds is
+rounded up), and the median over pairs of rounds of the ratio (the geometric mean of a pair's two
+per-round ratios, one of each order) is printed, so load from other processes hits both alike.
+`--processes K` repeats the whole measurement in K fresh processes and prints the median and the
+range of their ratios: on this machine separate processes differ by more than rounds do. The training step is the one the trainer runs:
 forward under the path's autocast, cross-entropy + coding loss (float32), backward, SGD step.
 Inference is a forward under `torch.inference_mode()` in eval mode.
 
@@ -16,6 +19,7 @@ through `torch.compile` (inductor; the backward is compiled with it), coded and 
 """
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -98,7 +102,7 @@ def make_step(name: str, variant: str, batch: int, path: str, train: bool, compi
 
 def ratios(name: str, batch: int, path: str, train: bool, rounds: int, variants: List[str],
            compile: bool = False) -> Dict[str, Tuple[float, float]]:
-    """Per variant: (median seconds, median of per-round variant / uncoded ratios)."""
+    """Per variant: (median seconds, median over pairs of rounds of the variant / uncoded ratio)."""
     if compile:  # every model shares CodedResNeXt.forward's code object: without a reset, dynamo's
         torch._dynamo.reset()  # recompile limit would leave later models running eagerly
     fns = {v: make_step(name, v, batch, path, train, compile) for v in ['uncoded'] + variants}
@@ -107,19 +111,26 @@ def ratios(name: str, batch: int, path: str, train: bool, rounds: int, variants:
             fn()
     times: Dict[str, List[float]] = {v: [] for v in fns}
     order = list(fns)
-    for r in range(rounds):
-        # the order alternates: whichever variant runs second in a round finds the caches and the
-        # allocator as the first left them (a fixed order measured the paper net's coded inference
-        # at 0.97x its uncoded twin; alternating, 1.04-1.05x)
+    for r in range(rounds + rounds % 2):  # an even number: each order equally often
+        # The order alternates, and each ratio is the geometric mean over a pair of rounds (one
+        # of each order): whichever variant runs second in a round finds the caches and the
+        # allocator as the first left them, and a median over single rounds would side with
+        # whichever order had more rounds.
         for v in (order if r % 2 == 0 else order[::-1]):
             t = time.perf_counter()
             fns[v]()
             times[v].append(time.perf_counter() - t)
-    return {v: (statistics.median(times[v]), statistics.median([a / b for a, b in zip(times[v], times['uncoded'])]))
+    return {v: (statistics.median(times[v]), statistics.median(paired_ratios(times[v], times['uncoded'])))
             for v in fns}
 
 
-def main() -> None:
+def paired_ratios(times: List[float], reference: List[float]) -> List[float]:
+    """sqrt(r_2k * r_2k+1) of the per-round ratios r = times / reference, one per pair of rounds."""
+    per_round = [a / b for a, b in zip(times, reference)]
+    return [math.sqrt(per_round[i] * per_round[i + 1]) for i in range(0, len(per_round) - 1, 2)]
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--rounds', type=int, default=7)
     parser.add_argument('--threads', type=int, default=1)
@@ -131,6 +142,11 @@ def main() -> None:
                         help='repeat the whole measurement in K fresh processes, one after the other, and '
                              'print the median and the range of their ratios')
     parser.add_argument('--json', type=Path, default=None, help=argparse.SUPPRESS)  # one process's rows
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     if args.compile and args.with_float32_energies:
         parser.error('--with-float32-energies swaps a function at every call: it cannot be compiled')
@@ -142,7 +158,7 @@ def main() -> None:
     torch.manual_seed(0)
     variants = ['coded'] + (['coded, float32 energies'] if args.with_float32_energies else [])
     print(f'torch {torch.__version__}, timm {timm.__version__}, {args.threads} thread(s), '
-          f'medians of {args.rounds} interleaved rounds{", torch.compile" if args.compile else ""}')
+          f'medians of {args.rounds + args.rounds % 2} interleaved rounds{", torch.compile" if args.compile else ""}')
     print(HEADER)
     rows = []
     for name, train_batch, infer_batch in NETS:
@@ -168,23 +184,20 @@ HEADER = ('| network | path | variant | train step s (uncoded) | train ratio | i
 
 
 def across_processes(args: argparse.Namespace) -> None:
-    """The measurement repeated in fresh processes: on this machine one process's ratio moves by
-    up to +-0.07 from the next one's for the same code (memory placement, not load: the rounds inside
-    a process agree far better), so a single process cannot tell 1.05x from 1.10x."""
-    argv = [a for a in sys.argv[1:]]
-    i = argv.index('--processes')
-    del argv[i:i + 2]
+    """The measurement repeated in fresh processes: on this machine one process's ratio can differ
+    from the next one's by about +-0.1 for the same code while the rounds inside a process agree far
+    better (the cause was not established), so a single process cannot tell 1.05x from 1.10x."""
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(args.processes):
             out = Path(tmp) / f'{k}.json'
-            subprocess.run([sys.executable, __file__, *argv, '--json', str(out)], check=True,
+            subprocess.run([sys.executable, __file__, *child_argv(sys.argv[1:], out)], check=True,
                            stdout=subprocess.DEVNULL)
             runs.append(json.loads(out.read_text()))
             print(f'process {k + 1}/{args.processes} done', file=sys.stderr, flush=True)
     print(f'torch {torch.__version__}, timm {timm.__version__}, {args.threads} thread(s), {args.processes} '
-          f'processes x {args.rounds} interleaved rounds{", torch.compile" if args.compile else ""}: the median '
-          'over processes of each process\'s median, [lowest, highest process]')
+          f'processes x {args.rounds + args.rounds % 2} interleaved rounds{", torch.compile" if args.compile else ""}: '
+          'the median over processes of each process\'s median, [lowest, highest process]')
     print(HEADER)
     for rows in zip(*runs):
         first = rows[0]
@@ -197,6 +210,12 @@ def across_processes(args: argparse.Namespace) -> None:
         print(f"| {first['net']} | {first['path']} | {first['variant']} "
               f"| {train_s:.3f} ({statistics.median(r['train_uncoded_s'] for r in rows):.3f}) | {cell('train_ratio')} "
               f"| {infer_s:.3f} ({statistics.median(r['infer_uncoded_s'] for r in rows):.3f}) | {cell('infer_ratio')} |")
+
+
+def child_argv(argv: List[str], json_out: Path) -> List[str]:
+    """The command line of one measuring process: the given one, whatever form --processes took
+    (argparse keeps the last value of a repeated option), as a single process writing `json_out`."""
+    return [*argv, '--processes', '1', '--json', str(json_out)]
 
 
 if __name__ == '__main__':

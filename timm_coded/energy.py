@@ -107,6 +107,13 @@ def _second_moments(h: torch.Tensor, num_subnns: int) -> torch.Tensor:
     """
     if h.dtype == torch.bfloat16 and not torch.jit.is_scripting():  # TorchScript: no autograd.Function
         return _LowPrecisionSecondMoments.apply(h, num_subnns).float()
+    if torch.jit.is_scripting():
+        return _float32_second_moments(h, num_subnns)
+    with torch.autocast(h.device.type, enabled=False):  # float16 autocast would run the product in float16
+        return _float32_second_moments(h, num_subnns)
+
+
+def _float32_second_moments(h: torch.Tensor, num_subnns: int) -> torch.Tensor:
     h32 = h.float().unflatten(1, (num_subnns, -1)).flatten(3)  # (B, N, d, P)
     return torch.matmul(h32, h32.transpose(-1, -2))
 
