@@ -184,9 +184,9 @@ HEADER = ('| network | path | variant | train step s (uncoded) | train ratio | i
 
 
 def across_processes(args: argparse.Namespace) -> None:
-    """The measurement repeated in fresh processes: on this machine one process's ratio can differ
-    from the next one's by about +-0.1 for the same code while the rounds inside a process agree far
-    better (the cause was not established), so a single process cannot tell 1.05x from 1.10x."""
+    """The measurement repeated in fresh processes: on this machine the lowest and highest of 7
+    processes' ratios for the same code lie 0.02-0.09 apart (benchmarks/RESULTS.md), as much as the
+    margin a 1.05x goal leaves, so one process is one draw (the cause was not established)."""
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(args.processes):

@@ -116,9 +116,12 @@ def _recipe_and_machine(record: dict, model) -> dict:
     args = record.get('args') or {}
     coding = f'mu {model.coding_loss_weight:g}, p_drop {model.drop_subnn_rate:g}'
     if args.get('script') == 'benchmarks/gpu/oneshot.py':
+        returned = (record.get('checkpoint') or {}).get('dtype', 'bfloat16')  # first GPU runs: always bf16
         return {'recipe': f"benchmarks/gpu/oneshot.py --recipe {args.get('recipe', 'paper')} (SGD Nesterov, "
-                          'warm-up + cosine, label smoothing and EMA as listed, pad-and-crop + flip on the device, '
-                          f"channels_last + {args.get('amp_dtype') or 'float32'} autocast; {coding})",
+                          'cosine schedule (see schedule), label smoothing and EMA as listed, pad-and-crop + flip on '
+                          f"the device, channels_last + {args.get('amp_dtype') or 'float32'} autocast; {coding}); "
+                          f'checkpoint brought back in {returned}' + ('' if returned == 'float32' else
+                                                                      ', exported here in float32'),
                 'machine': f"{record.get('device_name') or args.get('device')} ({args.get('device')}), "
                            f"torch {record.get('torch', '?')}"}
     return {'recipe': 'benchmarks/cifar10_zoo.py (SGD Nesterov, warm-up + cosine, label smoothing, EMA, '

@@ -218,6 +218,10 @@ def test_large_checkpoints_come_back_in_bfloat16():
     paper_net = {'w': torch.zeros(4_640_000)}  # coded_resnext29_10x11d: 18.5 MB in float32
     assert oneshot.checkpoint_dtype(small) == 'float32'
     assert oneshot.checkpoint_dtype(paper_net) == 'bfloat16'
+    # the line: 90 % of the limit in float32 bytes; integer buffers (a few bytes each) do not count
+    at_line = int(0.9 * oneshot.RETURN_FILE_LIMIT_BYTES) // 4
+    assert oneshot.checkpoint_dtype({'w': torch.zeros(at_line), 'n': torch.zeros(10 ** 6, dtype=torch.int64)}) == 'float32'
+    assert oneshot.checkpoint_dtype({'w': torch.zeros(at_line + 1)}) == 'bfloat16'
 
 
 def test_a_bfloat16_checkpoint_loads_as_float32(tmp_path):
@@ -258,6 +262,8 @@ def test_recipes_set_what_the_flags_leave_unset(tmp_path):
         assert (zoo_defaults[flag] if flag in zoo_defaults else getattr(TrainConfig(), key)) == value, key  # min_lr: TrainConfig's
     mixed = oneshot.parse_args(base + ['--recipe', 'zoo', '--lr', '0.3', '--batch-size', '256'])
     assert (mixed.lr, mixed.batch_size, mixed.label_smoothing) == (0.3, 256, 0.2)
+    zeros = oneshot.parse_args(base + ['--recipe', 'zoo', '--ema-decay', '0', '--warmup-epochs', '0', '--lr', '0.15'])
+    assert (zeros.ema_decay, zeros.warmup_epochs, zeros.lr, zeros.label_smoothing) == (0., 0, 0.15, 0.2)
     toy = oneshot.parse_args(base + ['--scale', 'toy', '--recipe', 'zoo'])
     assert toy.batch_size is None and toy.lr == 0.15  # the toy scale keeps its own tiny batch
 
@@ -285,6 +291,7 @@ def test_a_run_of_the_gpu_script_ships_with_scripts_ship_weights(toy_run, tmp_pa
     config = json.loads((package / 'weights' / 'coded_resnext17_10x2d.gputoy' / 'config.json').read_text())
     card = (package / 'weights' / 'coded_resnext17_10x2d.gputoy' / 'README.md').read_text()
     assert 'benchmarks/gpu/oneshot.py --recipe paper' in card and 'cifar10_zoo' not in card
+    assert 'checkpoint brought back in float32' in card and 'exported here' not in card
     history = json.loads((out / 'coded' / 'history.json').read_text())
     assert f"{history['device_name']} (cpu)" in card
     assert config['architecture'] == 'coded_resnext17_10x2d'
