@@ -303,3 +303,13 @@ def test_float16_autocast_keeps_second_moments_in_float32():
     reference = energy.subnn_energies(h.float(), weight, 10)
     assert fast.dtype == torch.float32 and torch.isfinite(fast).all()
     torch.testing.assert_close(fast, reference, rtol=1e-5, atol=0)
+
+
+def test_energies_on_the_meta_device():
+    # timm's model tests build and run models on 'meta', where even torch.autocast(enabled=False)
+    # raises: the float32 guards of the energy arithmetic must step aside there
+    from timm_coded import energy
+    h = torch.empty(2, 40, 8, 8, device='meta')
+    weight = torch.empty(16, 40, 1, 1, device='meta')
+    energies = energy.subnn_energies(h, weight, 10)
+    assert energies.device.type == 'meta' and energies.shape == (2, 10) and energies.dtype == torch.float32

@@ -15,7 +15,8 @@ sums of squares and the loss raises differences to the 4th power. Only the per-p
 moments of a bfloat16 activation stay in bfloat16 (see `_second_moments`).
 """
 
-from typing import Optional, Tuple
+from contextlib import nullcontext
+from typing import ContextManager, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -109,7 +110,7 @@ def _second_moments(h: torch.Tensor, num_subnns: int) -> torch.Tensor:
         return _LowPrecisionSecondMoments.apply(h, num_subnns).float()
     if torch.jit.is_scripting():
         return _float32_second_moments(h, num_subnns)
-    with torch.autocast(h.device.type, enabled=False):  # float16 autocast would run the product in float16
+    with _autocast_off(h.device.type):  # float16 autocast would run the product in float16
         return _float32_second_moments(h, num_subnns)
 
 
@@ -127,8 +128,18 @@ def _gram_matrices(w: torch.Tensor) -> torch.Tensor:
     """
     if torch.jit.is_scripting():
         return torch.einsum('cni,cnj->nij', w, w)
-    with torch.autocast(w.device.type, enabled=False):
+    with _autocast_off(w.device.type):
         return torch.einsum('cni,cnj->nij', w, w)
+
+
+def _autocast_off(device_type: str) -> ContextManager:
+    """Autocast disabled for what follows where it is on; a no-op on devices without autocast (e.g.
+    'meta', which timm's model tests use, and where even `torch.autocast(enabled=False)` raises)."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # no autocast for this device type
+        enabled = False
+    return torch.autocast(device_type, enabled=False) if enabled else nullcontext()
 
 
 @register_notrace_function  # dtype/layout branches: one node in fx graphs
